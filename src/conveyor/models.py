@@ -89,6 +89,7 @@ class RemoteInfo(_Doc):
 
     run_dir: str | None = None
     submit_token: str | None = None
+    submitted_at: datetime | None = None
     queue_id: str | None = None
     queue_state: str | None = None
     native_state: str | None = None
@@ -97,7 +98,7 @@ class RemoteInfo(_Doc):
     missing_since: datetime | None = None
     polled_at: datetime | None = None
 
-    _fix = field_validator("missing_since", "polled_at", mode="before")(_aware)
+    _fix = field_validator("submitted_at", "missing_since", "polled_at", mode="before")(_aware)
 
 
 class HistoryEntry(_Doc):

@@ -155,9 +155,20 @@ class Database(ABC):
 
     @abstractmethod
     def renew_job_lock(
-        self, db_id: int, lock_id: str, lease: timedelta, *, now: datetime | None = None
+        self,
+        db_id: int,
+        lock_id: str,
+        lease: timedelta,
+        *,
+        update: JobUpdate | None = None,
+        now: datetime | None = None,
     ) -> bool:
-        """Extend our lease; False if the lock is no longer ours."""
+        """Extend our lease, applying ``update`` in the same atomic write if given.
+
+        Fencing as for :meth:`release_job_lock`: nothing happens unless the lock id still
+        matches (and the job is in ``update.expect_state``, when set). Returns whether it
+        did. A step uses ``update`` to record progress while it keeps the lock.
+        """
 
     @abstractmethod
     def release_job_lock(

@@ -1,0 +1,171 @@
+"""A loaded project: its settings, database, job store, and the hosts of its workers.
+
+Everything is opened lazily, on first use, and shared by the threads of a process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conveyor.config import ProjectConfig, load_config, project_file
+from conveyor.config.models import LocalWorkerConfig
+from conveyor.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from jobflow.core.store import JobStore
+
+    from conveyor.db import Database
+    from conveyor.hosts import Host
+    from conveyor.queue import QueueAdapter
+
+__all__ = ["Project", "close_projects", "forget_project", "open_project"]
+
+
+class Project:
+    """One project, opened from its file.
+
+    Parameters
+    ----------
+    path
+        The project file.
+    config
+        Its validated settings (read from ``path`` if not given).
+    """
+
+    def __init__(self, path: Path, config: ProjectConfig | None = None) -> None:
+        self.path = path
+        self.config = config or load_config(path)
+        self._hosts: dict[str, Host] = {}
+        self._lock = threading.RLock()
+        #: Serialises use of the job store: maggma's in-memory stores are not thread-safe.
+        self.jobstore_lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"Project({self.name!r}, path={str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        """The project's name."""
+        return self.config.name
+
+    @property
+    def directory(self) -> Path:
+        """The directory of the project file; relative paths in it start here."""
+        return self.path.parent
+
+    @property
+    def downloads_dir(self) -> Path:
+        """Where the runner keeps what it fetched from the workers' run dirs."""
+        return self.directory / "downloads"
+
+    @cached_property
+    def db(self) -> Database:
+        """The job database (opened on first use)."""
+        from conveyor.db import open_database
+
+        url = self.config.database.url
+        return open_database(url, self.config.database.name)
+
+    @cached_property
+    def jobstore(self) -> JobStore:
+        """The jobflow JobStore for outputs, connected on first use."""
+        from jobflow.core.store import JobStore
+
+        spec: dict[str, Any] = {"docs_store": self.config.jobstore.docs_store}
+        if self.config.jobstore.additional_stores:
+            spec["additional_stores"] = self.config.jobstore.additional_stores
+        try:
+            store = JobStore.from_dict_spec(spec)
+        except Exception as exc:
+            raise ConfigError(f"jobstore of project {self.name!r} is invalid: {exc}") from exc
+        store.connect()
+        return store
+
+    def worker(self, name: str) -> LocalWorkerConfig:
+        """The settings of one worker; ConfigError naming the known ones otherwise."""
+        try:
+            return self.config.workers[name]
+        except KeyError:
+            known = ", ".join(self.config.workers)
+            raise ConfigError(
+                f"project {self.name!r} has no worker {name!r} (workers: {known})"
+            ) from None
+
+    def work_dir(self, worker: str) -> str:
+        """The worker's work dir, absolute (relative ones start at the project dir)."""
+        path = Path(self.worker(worker).work_dir).expanduser()
+        return str(path if path.is_absolute() else self.directory / path)
+
+    def python(self, worker: str) -> str:
+        """The Python that runs jobs on the worker."""
+        return self.worker(worker).python or sys.executable
+
+    def host(self, worker: str) -> Host:
+        """The host of a worker, shared by every thread of the process."""
+        with self._lock:
+            host = self._hosts.get(worker)
+            if host is None:
+                from conveyor.hosts import LocalHost
+
+                config = self.worker(worker)
+                if config.type != "local":  # pragma: no cover - later worker kinds
+                    raise ConfigError(f"worker {worker!r}: unknown type {config.type!r}")
+                host = LocalHost(name=f"local:{worker}", root=self.work_dir(worker))
+                self._hosts[worker] = host
+            return host
+
+    def adapter(self, worker: str) -> QueueAdapter:
+        """The queue adapter of a worker."""
+        from conveyor.queue import get_adapter
+
+        return get_adapter(self.worker(worker).queue)
+
+    def close(self) -> None:
+        """Close the hosts, the job store and the database."""
+        with self._lock:
+            for host in self._hosts.values():
+                host.close()
+            self._hosts.clear()
+            if "jobstore" in self.__dict__:
+                self.__dict__.pop("jobstore").close()
+            if "db" in self.__dict__:
+                self.__dict__.pop("db").close()
+
+
+_projects: dict[Path, Project] = {}
+_projects_lock = threading.Lock()
+
+
+def open_project(project: str | os.PathLike[str] | Project | None = None) -> Project:
+    """Open a project by name or path (default: ``CONVEYOR_PROJECT`` or ``default``).
+
+    The same file gives the same :class:`Project` object within a process, so the
+    API, the runner and the CLI share one database connection and job store.
+    """
+    if isinstance(project, Project):
+        return project
+    path = project_file(project)
+    with _projects_lock:
+        found = _projects.get(path)
+        if found is None:
+            found = _projects[path] = Project(path)
+        return found
+
+
+def forget_project(path: Path) -> None:
+    """Drop a project from this process's cache (after closing it)."""
+    with _projects_lock:
+        _projects.pop(path, None)
+
+
+def close_projects() -> None:
+    """Close and forget every project opened in this process (tests use this)."""
+    with _projects_lock:
+        for project in _projects.values():
+            project.close()
+        _projects.clear()
