@@ -18,7 +18,9 @@
     │   └── CommandTimeoutError     a command did not finish in time
     ├── QueueError                  the queue adapter could not build or parse something
     │   └── QueueParseError         a queue command's output could not be parsed
-    └── RunnerTimeoutError          run_one_job / run_all_jobs ran out of time
+    ├── RunnerTimeoutError          run_one_job / run_all_jobs ran out of time
+    └── CommandFailedError          a command job's program failed (in conveyor.execution.argv,
+                                    so the worker side imports nothing heavy)
 
 Every message carries its evidence: the command, exit code and output, or the lock id
 and its age.

@@ -320,3 +320,44 @@ def test_execution_imports_stay_light() -> None:
         "maggma",
     }
     assert loaded & heavy == set()
+
+
+def test_command_fast_path_needs_no_jobflow(tmp_path: Path) -> None:
+    """The runner's upload adds a "command" section for command jobs: the worker runs it
+    without decoding (or importing) the jobflow job, and stores what jobflow would."""
+    from conveyor.runner.steps import command_spec
+
+    job = run_command(["sh", "-c", "echo fast; exit 0"])
+    payload = jsanitize(job, strict=True, enum_values=True, allow_bson=False)
+    spec = command_spec(payload)
+    assert spec is not None
+    run_dir = tmp_path / "fast"
+    run_dir.mkdir()
+    # An undecodable job proves the jobflow path is never taken.
+    bogus = {"@module": "no_such_module_anywhere", "@class": "Nope"}
+    (run_dir / JOB_FILE).write_text(json.dumps({"version": 1, "job": bogus, "command": spec}))
+    probe = (
+        "import sys, runpy; sys.argv = ['x', sys.argv[1]];"
+        "from conveyor.execution.run import execute; code = execute(sys.argv[1]);"
+        "print('jobflow' in sys.modules); sys.exit(code)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(run_dir)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+    output = json.loads((run_dir / OUTPUT_FILE).read_text())
+    (doc,) = output["store"]["docs"]
+    assert doc["uuid"] == job.uuid
+    assert doc["index"] == 1
+    assert doc["output"]["stdout_tail"] == "fast\n"
+    assert output["error"] is None
+
+
+def test_command_spec_is_only_for_command_jobs() -> None:
+    from conveyor.runner.steps import command_spec
+
+    assert command_spec(jsanitize(jobs.add(1, 2), strict=True, enum_values=True)) is None
+    spec = command_spec(jsanitize(run_command(["a", "b"], check=False, tail_chars=5), strict=True))
+    assert spec is not None
+    assert (spec["argv"], spec["check"], spec["tail_chars"]) == (["a", "b"], False, 5)

@@ -45,10 +45,10 @@ def project_file(project: str | os.PathLike[str] | None = None) -> Path:
     value = os.fspath(project) if project is not None else None
     value = value or os.environ.get("CONVEYOR_PROJECT") or DEFAULT_PROJECT
     path = Path(value).expanduser()
-    if path.suffix in _SUFFIXES or os.sep in value or path.is_file():
-        return path.resolve()
     if path.is_dir():
         return (path / PROJECT_FILE).resolve()
+    if path.suffix in _SUFFIXES or os.sep in value or path.is_file():
+        return path.resolve()
     return conveyor_home() / "projects" / value / PROJECT_FILE
 
 

@@ -76,6 +76,32 @@ def _resolved_job(job: LockedJob) -> dict[str, Any]:
     return serialize_job(jf_job)
 
 
+_COMMAND_FUNCTION = {"@module": "conveyor.execution.command", "@callable": "run_command"}
+
+
+def command_spec(job_dict: dict[str, Any]) -> dict[str, Any] | None:
+    """The argv and settings of a command job, so the worker can run it without
+    importing jobflow (a Python start of about 50 ms instead of 0.6 s); None for other
+    jobs."""
+    function = job_dict.get("function") or {}
+    if any(function.get(k) != v for k, v in _COMMAND_FUNCTION.items()):
+        return None
+    args = list(job_dict.get("function_args") or [])
+    kwargs = dict(job_dict.get("function_kwargs") or {})
+    names = ("argv", "check", "tail_chars")
+    bound = {**dict(zip(names, args, strict=False)), **kwargs}
+    return {
+        "argv": [str(a) for a in bound["argv"]],
+        "check": bool(bound.get("check", True)),
+        "tail_chars": int(bound.get("tail_chars", 4000)),
+        "uuid": job_dict["uuid"],
+        "index": job_dict["index"],
+        "name": job_dict.get("name"),
+        "metadata": job_dict.get("metadata") or {},
+        "hosts": job_dict.get("hosts") or [],
+    }
+
+
 def _additional_stores(job: LockedJob) -> list[str]:
     stores: dict[str, Any] = getattr(job.project.jobstore, "additional_stores", {})
     return list(stores)
@@ -105,11 +131,15 @@ def upload(job: LockedJob) -> StepResult:
         raise PermanentStepError(f"job {job.db_id} has no run dir; rerun it")
     # One token per upload: a resubmission after a rerun never adopts an old queue job.
     token = f"{doc.db_id}-{secrets.token_hex(6)}"
-    payload = {
+    resolved = _resolved_job(job)
+    payload: dict[str, Any] = {
         "version": 1,
-        "job": _resolved_job(job),
+        "job": resolved,
         "additional_stores": sorted(_additional_stores(job)),
     }
+    command = command_spec(resolved)
+    if command is not None:
+        payload["command"] = command
     files = {f"{run_dir}/{JOB_FILE}": json.dumps(payload).encode()}
     adapter = job.project.adapter(doc.worker)
     for name, text in adapter.render(submit_spec(job, run_dir, token)).items():
