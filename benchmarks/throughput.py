@@ -4,7 +4,8 @@ Prints jobs per second and where the time goes: the mean time each job spent in 
 state (from the job histories the runner writes) and, for scale, the cost of one bare
 ``python -m conveyor.execution`` start on this machine.
 
-    python benchmarks/throughput.py [--jobs 50] [--threads 4] [--database URL]
+    python benchmarks/throughput.py [--jobs 50] [--threads 4] [--kind jobflow|command]
+                                    [--database URL]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from jobflow import Flow
 
-from conveyor import Runner, submit_flow
+from conveyor import Runner, submit_command, submit_flow
 from conveyor.db.base import JobFilter
 from conveyor.states import JobState
 from conveyor.testing import make_project
@@ -42,6 +43,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--database", default=None, help="database URL (default: project's)")
+    parser.add_argument(
+        "--kind",
+        choices=["jobflow", "command"],
+        default="jobflow",
+        help="jobflow add(i, 1) jobs, or command jobs running `true`",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +57,11 @@ def main() -> None:
             settings["database"] = {"url": args.database}
         project = make_project(Path(tmp), name="bench", settings=settings)
         start = time.perf_counter()
-        submit_flow(Flow([add(i, 1) for i in range(args.jobs)]), project=project)
+        if args.kind == "jobflow":
+            submit_flow(Flow([add(i, 1) for i in range(args.jobs)]), project=project)
+        else:
+            for _ in range(args.jobs):
+                submit_command(["true"], project=project)
         submitted = time.perf_counter()
         assert Runner(project).run_all_jobs(max_seconds=600)
         done = time.perf_counter()
@@ -63,7 +74,7 @@ def main() -> None:
                 dwell[here.state].append((there.at - here.at).total_seconds())
         total = done - start
         print(
-            f"jobs: {args.jobs}, runner threads: {args.threads}, database: "
+            f"{args.kind} jobs: {args.jobs}, runner threads: {args.threads}, database: "
             f"{project.config.database.url.split(':')[0]}"
         )
         print(

@@ -38,14 +38,24 @@ def parse_states(values: list[str] | None) -> list[JobState] | None:
 def list_(
     state: Annotated[
         list[str] | None,
-        typer.Option("--state", "-s", help="Only jobs in this state (repeat for several)."),
+        typer.Option(
+            "--state", "-s", metavar="STATE", help="Only jobs in this state (repeat for several)."
+        ),
     ] = None,
     worker: Annotated[
         list[str] | None,
-        typer.Option("--worker", "-w", help="Only jobs of this worker (repeat for several)."),
+        typer.Option(
+            "--worker",
+            "-w",
+            metavar="WORKER",
+            help="Only jobs of this worker (repeat for several).",
+        ),
     ] = None,
     flow: Annotated[
-        str | None, typer.Option("--flow", "-f", help="Only the jobs of this flow (its uuid).")
+        str | None,
+        typer.Option(
+            "--flow", "-f", metavar="FLOW_UUID", help="Only the jobs of this flow (its uuid)."
+        ),
     ] = None,
     limit: Annotated[
         int, typer.Option("--limit", "-n", min=0, help="Show at most this many jobs; 0: all.")

@@ -17,7 +17,10 @@ app = typer.Typer(help="Create a project, or show the settings of the current on
 @app.command()
 def init(
     name: Annotated[
-        str, typer.Argument(help="Project name; also its folder under $CONVEYOR_HOME/projects.")
+        str,
+        typer.Argument(
+            metavar="NAME", help="Project name; also its folder under $CONVEYOR_HOME/projects."
+        ),
     ] = "default",
     directory: Annotated[
         Path | None,

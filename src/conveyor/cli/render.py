@@ -144,13 +144,17 @@ def outputs_table(rows: Iterable[tuple[JobDoc, str]]) -> Table:
     return table
 
 
-def _fields(rows: Iterable[tuple[str, Any]]) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column(overflow="fold")
+def _fields(rows: Iterable[tuple[str, Any]]) -> Text:
+    """``key  value`` lines; values are never cut or folded, so paths can be copied."""
+    rows = list(rows)
+    width = max(len(key) for key, _ in rows)
+    out = Text()
     for key, value in rows:
-        grid.add_row(key, value if isinstance(value, Text) else Text(str(value)))
-    return grid
+        out.append(f"{key:<{width}}  ", style="bold")
+        out.append_text(value if isinstance(value, Text) else Text(str(value)))
+        out.append("\n")
+    out.rstrip()
+    return out
 
 
 def _or_dash(value: Any) -> str:
@@ -204,10 +208,11 @@ def job_details(doc: JobDoc, now: datetime) -> list[Any]:
     if doc.error is not None:
         error = doc.error
         kind = "will be retried" if error.transient else "not retried"
-        out.append(Text(f"\nError in step {error.step} at {when(error.at)} ({kind}):", "bold red"))
+        where = "the job's own code" if error.step == "job" else f"step {error.step}"
+        out.append(Text(f"\nError in {where} at {when(error.at)} ({kind}):", "bold red"))
         out.append(Text(error.message))
         if error.traceback:
-            out.append(Text("\nTraceback:", style="bold"))
+            out.append(Text(""))
             out.append(Text(error.traceback.rstrip()))
     history = Table(box=None, pad_edge=False, header_style="bold")
     history.add_column("state", no_wrap=True)

@@ -22,7 +22,12 @@ from typing import Any
 
 from conveyor._version import __version__
 from conveyor.db.base import JobFilter
-from conveyor.exceptions import LockLostError, NotFoundError, RunnerTimeoutError
+from conveyor.exceptions import (
+    DatabaseError,
+    LockLostError,
+    NotFoundError,
+    RunnerTimeoutError,
+)
 from conveyor.models import EPOCH, JobDoc, RunnerDoc, utcnow
 from conveyor.project import Project, open_project
 from conveyor.runner.complete import complete
@@ -240,7 +245,19 @@ class Runner:
         return doc.db_id
 
     def _tick(self, db_ids: Sequence[int] | None = None) -> bool:
-        """One pass: housekeeping, polls, and new work for free threads. Busy or not."""
+        """One pass: housekeeping, polls, and new work for free threads. Busy or not.
+
+        A database error (a locked or unreachable database) does not end the loop: the
+        pass is logged and skipped; leases keep every job safe meanwhile.
+        """
+        try:
+            return self._pass(db_ids)
+        except DatabaseError as exc:
+            log.warning("runner %s: database error, pausing this pass: %s", self.runner_id, exc)
+            self._stop.wait(min(1.0, self.config.lease_seconds / 10))
+            return False
+
+    def _pass(self, db_ids: Sequence[int] | None) -> bool:
         self._reap()
         now = time.monotonic()
         if now - self._last_heartbeat >= self.config.heartbeat_interval:
