@@ -9,16 +9,26 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
-from conveyor.db.base import JobFilter
+from conveyor.db.base import FlowFilter, JobFilter
 from conveyor.exceptions import ConveyorError, NotFoundError
 from conveyor.flows import descendants
-from conveyor.models import EPOCH, JobDoc
+from conveyor.models import EPOCH, FlowDoc, JobDoc
 from conveyor.project import Project, open_project
 from conveyor.runner.complete import refresh_flow
-from conveyor.states import ERROR_STATES, JobState, JobUpdate, transition
+from conveyor.states import ERROR_STATES, FlowState, JobState, JobUpdate, transition
 
-__all__ = ["get_job", "list_jobs", "rerun", "retry"]
+__all__ = [
+    "count_jobs",
+    "get_flow",
+    "get_job",
+    "get_output",
+    "list_flows",
+    "list_jobs",
+    "rerun",
+    "retry",
+]
 
 _RERUNNABLE = ERROR_STATES | {JobState.COMPLETED, JobState.STOPPED, JobState.CANCELLED}
 
@@ -33,24 +43,99 @@ def get_job(db_id: int, *, project: ProjectRef = None) -> JobDoc:
     return doc
 
 
+def parse_state(value: JobState | str) -> JobState:
+    """A job state from its name (any case); ConveyorError listing the valid ones."""
+    try:
+        return JobState(str(value).upper())
+    except ValueError:
+        valid = ", ".join(JobState)
+        raise ConveyorError(f"unknown job state {value!r}; valid states: {valid}") from None
+
+
+def job_filter(
+    *,
+    states: Iterable[JobState | str] | None = None,
+    workers: Iterable[str] | None = None,
+    flow_uuids: Iterable[str] | None = None,
+    db_ids: Iterable[int] | None = None,
+    uuids: Iterable[str] | None = None,
+) -> JobFilter:
+    """A :class:`JobFilter` from the API's keyword arguments (None means any)."""
+    return JobFilter(
+        states=[parse_state(s) for s in states] if states is not None else None,
+        workers=list(workers) if workers is not None else None,
+        flow_uuids=list(flow_uuids) if flow_uuids is not None else None,
+        db_ids=list(db_ids) if db_ids is not None else None,
+        uuids=list(uuids) if uuids is not None else None,
+    )
+
+
 def list_jobs(
     *,
     states: Iterable[JobState | str] | None = None,
     workers: Iterable[str] | None = None,
     flow_uuids: Iterable[str] | None = None,
     db_ids: Iterable[int] | None = None,
+    uuids: Iterable[str] | None = None,
     limit: int = 0,
     newest_first: bool = True,
     project: ProjectRef = None,
 ) -> list[JobDoc]:
     """Jobs matching every given condition, newest first by default."""
-    flt = JobFilter(
-        states=[JobState(s) for s in states] if states is not None else None,
-        workers=list(workers) if workers is not None else None,
-        flow_uuids=list(flow_uuids) if flow_uuids is not None else None,
-        db_ids=list(db_ids) if db_ids is not None else None,
+    flt = job_filter(
+        states=states, workers=workers, flow_uuids=flow_uuids, db_ids=db_ids, uuids=uuids
     )
     return open_project(project).db.find_jobs(flt, limit=limit, newest_first=newest_first)
+
+
+def count_jobs(
+    *,
+    states: Iterable[JobState | str] | None = None,
+    workers: Iterable[str] | None = None,
+    flow_uuids: Iterable[str] | None = None,
+    db_ids: Iterable[int] | None = None,
+    project: ProjectRef = None,
+) -> int:
+    """How many jobs match every given condition (counted by the database)."""
+    flt = job_filter(states=states, workers=workers, flow_uuids=flow_uuids, db_ids=db_ids)
+    return open_project(project).db.count_jobs(flt)
+
+
+def get_flow(uuid: str, *, project: ProjectRef = None) -> FlowDoc:
+    """The flow with this uuid; :class:`NotFoundError` if there is none."""
+    doc = open_project(project).db.get_flow(uuid)
+    if doc is None:
+        raise NotFoundError(f"no flow with uuid {uuid}")
+    return doc
+
+
+def list_flows(
+    *,
+    states: Iterable[FlowState | str] | None = None,
+    limit: int = 0,
+    newest_first: bool = True,
+    project: ProjectRef = None,
+) -> list[FlowDoc]:
+    """Flows, newest first by default."""
+    flt = FlowFilter(states=[FlowState(str(s).upper()) for s in states] if states else None)
+    return open_project(project).db.find_flows(flt, limit=limit, newest_first=newest_first)
+
+
+def get_output(db_id: int, *, load: bool = False, project: ProjectRef = None) -> Any:
+    """The output a completed job stored in the project's JobStore.
+
+    Raises
+    ------
+    NotFoundError
+        If there is no such job, or it stored no output (yet).
+    """
+    proj = open_project(project)
+    doc = get_job(db_id, project=proj)
+    with proj.jobstore_lock:
+        found = proj.jobstore.query_one({"uuid": doc.uuid, "index": doc.index}, ["output"])
+        if found is None:
+            raise NotFoundError(f"job {db_id} ({doc.state}) has no output in the job store")
+        return proj.jobstore.get_output(doc.uuid, which=doc.index, load=load)
 
 
 def retry(db_id: int, *, project: ProjectRef = None, by: str = "api") -> JobDoc:

@@ -8,7 +8,6 @@ import typer
 from rich.text import Text
 
 from conveyor.cli import render
-from conveyor.exceptions import ConveyorError
 from conveyor.models import utcnow
 from conveyor.states import JobState
 
@@ -22,16 +21,9 @@ app = typer.Typer(
 
 def parse_states(values: list[str] | None) -> list[JobState] | None:
     """The states named on the command line (any case); a clear error on a typo."""
-    if not values:
-        return None
-    states = []
-    for value in values:
-        try:
-            states.append(JobState(value.upper()))
-        except ValueError:
-            valid = ", ".join(JobState)
-            raise ConveyorError(f"unknown job state {value!r}; valid states: {valid}") from None
-    return states
+    from conveyor.api import parse_state
+
+    return [parse_state(value) for value in values] if values else None
 
 
 @app.command("list")
@@ -80,8 +72,7 @@ def list_(
         return
     total = len(docs)
     if limit and total == limit:
-        # Count the matches beyond the limit (the API has no count of its own yet).
-        total = len(api.list_jobs(states=states, workers=worker, flow_uuids=flows))
+        total = api.count_jobs(states=states, workers=worker, flow_uuids=flows)
     console = render.stdout()
     if docs:
         console.print(render.jobs_table(docs))

@@ -26,7 +26,7 @@ from conveyor._version import __version__
 from conveyor.cli import job as job_cli
 from conveyor.cli import project as project_cli
 from conveyor.cli import render
-from conveyor.exceptions import ConveyorError
+from conveyor.exceptions import ConveyorError, NotFoundError
 from conveyor.states import JobState
 
 if TYPE_CHECKING:
@@ -202,11 +202,12 @@ def _run_and_watch(
 def _output_text(project: Project, doc: JobDoc) -> str:
     if doc.state is not JobState.COMPLETED:
         return "-"
-    with project.jobstore_lock:
-        try:
-            value = project.jobstore.get_output(doc.uuid, which=doc.index)
-        except ValueError:
-            return "(no output stored)"
+    from conveyor import api
+
+    try:
+        value = api.get_output(doc.db_id, project=project)
+    except NotFoundError:
+        return "(no output stored)"
     return render.short(repr(value), 200)
 
 
@@ -217,11 +218,12 @@ def _report(
     console = render.stdout()
     console.print()
     console.print(render.outputs_table((doc, _output_text(project, doc)) for doc in docs))
-    flow = project.db.get_flow(flow_uuid)
-    if flow is not None:
-        line = Text(f"Flow {flow.name or flow.uuid}: ")
-        line.append(str(flow.state), style="green" if flow.state == "COMPLETED" else "bold red")
-        console.print(line)
+    from conveyor import api
+
+    flow = api.get_flow(flow_uuid, project=project)
+    line = Text(f"Flow {flow.name or flow.uuid}: ")
+    line.append(str(flow.state), style="green" if flow.state == "COMPLETED" else "bold red")
+    console.print(line)
     if not finished:
         limit = f" after {max_seconds:g} s" if max_seconds is not None else ""
         render.stderr().print(
