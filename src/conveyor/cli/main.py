@@ -193,7 +193,7 @@ def _run_and_watch(
     watcher = _Watcher(show)
     watcher.start()
     try:
-        finished = runner.run_all_jobs(max_seconds=max_seconds)
+        finished = runner.run_all_jobs(max_seconds=max_seconds, flows=[flow_uuid])
     finally:
         watcher.finish()
     return finished, show()

@@ -132,13 +132,19 @@ class Runner:
                 self._idle(self._tick())
                 count += 1
 
-    def run_all_jobs(self, max_seconds: float | None = None) -> bool:
-        """Run until no job of this runner's workers is active; False on timeout."""
+    def run_all_jobs(
+        self, max_seconds: float | None = None, *, flows: Sequence[str] | None = None
+    ) -> bool:
+        """Run until no job of this runner's workers is active; False on timeout.
+
+        With ``flows`` (flow uuids), stop as soon as those flows have no active job
+        (other jobs are still worked on meanwhile).
+        """
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         with self._session():
             while not self.stopping:
                 busy = self._tick()
-                if not self._jobs and not self._polls and not self._active():
+                if not self._jobs and not self._polls and not self._active(flows):
                     return True
                 if deadline is not None and time.monotonic() > deadline:
                     return False
@@ -228,11 +234,9 @@ class Runner:
         if not busy:
             self._stop.wait(self.config.idle_sleep)
 
-    def _active(self) -> bool:
-        return (
-            self.project.db.count_jobs(JobFilter(states=list(ACTIVE_STATES), workers=self.workers))
-            > 0
-        )
+    def _active(self, flows: Sequence[str] | None = None) -> bool:
+        flt = JobFilter(states=list(ACTIVE_STATES), workers=self.workers, flow_uuids=flows)
+        return self.project.db.count_jobs(flt) > 0
 
     def _resolve(self, db_id: int | None, job_id: tuple[str, int] | None) -> int:
         if db_id is not None:
