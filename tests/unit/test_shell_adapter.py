@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from conveyor.exceptions import ConfigError, QueueError, QueueParseError
-from conveyor.queue import ADAPTERS, QueueJobInfo, QueueState, SubmitSpec, get_adapter
+from conveyor.queue import QueueJobInfo, QueueState, SubmitSpec, adapter_class, get_adapter
 from conveyor.queue.base import EXIT_CODE_FILE, STARTED_FILE, STDERR_FILE, STDOUT_FILE
 from conveyor.queue.shell import NATIVE_STATES, SUBMIT_PROGRAM, ShellAdapter
 
@@ -44,7 +44,7 @@ def script(s: SubmitSpec) -> str:
 
 
 def test_registry_and_get_adapter() -> None:
-    assert ADAPTERS["shell"] is ShellAdapter
+    assert adapter_class("shell") is ShellAdapter
     adapter = get_adapter("shell")
     assert isinstance(adapter, ShellAdapter)
     assert adapter.name == "shell"
@@ -53,7 +53,7 @@ def test_registry_and_get_adapter() -> None:
 
 
 def test_get_adapter_unknown_name_suggests_close_match() -> None:
-    with pytest.raises(ConfigError, match=r"'shel'.*known: shell.*did you mean 'shell'"):
+    with pytest.raises(ConfigError, match=r"'shel'.*known: .*shell.*did you mean 'shell'"):
         get_adapter("shel")
     with pytest.raises(ConfigError, match="'slurmx'") as info:
         get_adapter("slurmx")

@@ -26,9 +26,14 @@ class DatabaseConfig(_Strict):
     url: str = Field(
         "mongomock://",
         description=(
-            "Database URL: 'mongodb://host:port/dbname' (or 'mongodb+srv://...') for "
-            "MongoDB; 'mongomock://' for an in-memory database that lives only as long "
-            "as the process (tests, single-process runs)."
+            "Database URL. 'sqlite:///ABSOLUTE/PATH.db' (add '?timeout=SECONDS' to change "
+            "how long a write waits for another process, default 30): the embedded "
+            "default that 'conveyor project init' writes, one file that a daemon, the CLI "
+            "and several runners on one machine share, no server needed. "
+            "'mongodb://host:port/dbname' (or 'mongodb+srv://...'): MongoDB, for "
+            "deployments whose runners are on several machines. 'mongomock://': an "
+            "in-memory database that lives only as long as the process (tests, "
+            "single-process runs); the default when a project file gives no URL."
         ),
     )
     name: str = Field("conveyor", description="Database name, when the URL does not give one.")
@@ -49,7 +54,12 @@ class JobStoreConfig(_Strict):
         default_factory=lambda: {"type": "MemoryStore"},
         description=(
             "A maggma store spec for the outputs, as jobflow's JobStore.from_dict_spec "
-            "takes it: {'type': 'MongoStore', 'database': ..., 'collection_name': ...}."
+            "takes it. {'type': 'SqliteStore', 'path': '/ABSOLUTE/PATH/outputs.db', "
+            "'collection_name': 'outputs'}: the embedded default that 'conveyor project "
+            "init' writes, which several processes on one machine write and read at once. "
+            "{'type': 'MongoStore', 'database': ..., 'collection_name': ...}: MongoDB, for "
+            "runners on several machines. {'type': 'MemoryStore'}: outputs that live only "
+            "as long as the process; the default when a project file gives no docs_store."
         ),
     )
     additional_stores: dict[str, dict[str, Any]] = Field(
@@ -65,9 +75,12 @@ class LocalWorkerConfig(_Strict):
     work_dir: str = Field(
         description="Directory under which each job gets its own run dir (created if missing)."
     )
-    queue: Literal["shell"] = Field(
+    queue: Literal["shell", "slurm", "pbs", "sge", "htcondor"] = Field(
         "shell",
-        description="Queue system: 'shell' runs each job as a background process.",
+        description=(
+            "Queue system: 'shell' runs each job as a background process; 'slurm', "
+            "'pbs', 'sge' and 'htcondor' submit to that scheduler."
+        ),
     )
     python: str | None = Field(
         None,

@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 
 from conveyor.exceptions import ConfigError
 from conveyor.queue.base import QueueAdapter, QueueJobInfo, QueueState, SubmitSpec
-from conveyor.queue.shell import ShellAdapter
 
 __all__ = [
     "ADAPTERS",
     "QueueAdapter",
     "QueueJobInfo",
     "QueueState",
-    "ShellAdapter",
     "SubmitSpec",
+    "adapter_class",
     "get_adapter",
 ]
 
-#: Adapters by the name a worker's ``queue:`` setting uses.
-ADAPTERS: dict[str, type[QueueAdapter]] = {"shell": ShellAdapter}
+#: Adapters by the name a worker's ``queue:`` setting uses: module and class, imported
+#: on first use.
+ADAPTERS: dict[str, str] = {
+    "shell": "conveyor.queue.shell:ShellAdapter",
+    "slurm": "conveyor.queue.slurm:SlurmAdapter",
+    "pbs": "conveyor.queue.pbs:PBSAdapter",
+    "sge": "conveyor.queue.sge:SGEAdapter",
+    "htcondor": "conveyor.queue.htcondor:HTCondorAdapter",
+}
 
 
-def get_adapter(name: str) -> QueueAdapter:
-    """A new adapter for the queue system ``name``.
+def adapter_class(name: str) -> type[QueueAdapter]:
+    """The adapter class for the queue system ``name``.
 
     Raises
     ------
@@ -31,10 +38,17 @@ def get_adapter(name: str) -> QueueAdapter:
         If no adapter has that name; the message lists the known ones and suggests the
         closest.
     """
-    adapter = ADAPTERS.get(name)
-    if adapter is None:
+    target = ADAPTERS.get(name)
+    if target is None:
         close = difflib.get_close_matches(name, ADAPTERS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         known = ", ".join(sorted(ADAPTERS))
         raise ConfigError(f"unknown queue system {name!r} (known: {known}){hint}")
-    return adapter()
+    module_name, class_name = target.split(":")
+    cls: type[QueueAdapter] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def get_adapter(name: str) -> QueueAdapter:
+    """A new adapter for the queue system ``name`` (see :func:`adapter_class`)."""
+    return adapter_class(name)()

@@ -11,7 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from conveyor.exceptions import QueueError
+from conveyor.queue.resources import Container, Resources
 
 __all__ = [
     "EXIT_CODE_FILE",
@@ -69,7 +72,12 @@ class SubmitSpec:
     command: Sequence[str]
     pre_run: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
-    resources: Mapping[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+
+    @property
+    def container(self) -> Container | None:
+        """The container the payload runs in, if the resources ask for one."""
+        return self.resources.container
 
 
 class QueueAdapter(ABC):
@@ -127,3 +135,11 @@ class QueueAdapter(ABC):
     @abstractmethod
     def cancel_command(self, queue_id: str) -> list[str]:
         """The argv that cancels a job."""
+
+    def hold_command(self, queue_id: str) -> list[str]:
+        """The argv that holds a queued job (QueueError if the system cannot)."""
+        raise QueueError(f"the {self.name} queue cannot hold jobs")
+
+    def release_command(self, queue_id: str) -> list[str]:
+        """The argv that releases a held job (QueueError if the system cannot)."""
+        raise QueueError(f"the {self.name} queue cannot release jobs")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shlex
 from collections.abc import Sequence
 
 from conveyor.exceptions import QueueError, QueueParseError
@@ -29,6 +28,7 @@ from conveyor.queue.base import (
     QueueState,
     SubmitSpec,
 )
+from conveyor.queue.script import absolute_run_dir, render_script, valid_token
 
 __all__ = ["NATIVE_STATES", "ShellAdapter"]
 
@@ -78,44 +78,13 @@ class ShellAdapter(QueueAdapter):
     name = "shell"
 
     def render(self, spec: SubmitSpec) -> dict[str, str]:
-        """The bash script: cd, record the pid, export env, pre_run, payload, exit code."""
-        run_dir = _absolute_run_dir(spec.run_dir)
-        token = _valid_token(spec.submit_token)
-        if not spec.command:
-            raise QueueError(f"job {spec.job_name!r}: the payload command is empty")
-        exports = [
-            f"export {_identifier(key)}={shlex.quote(value)}" for key, value in spec.env.items()
-        ]
-        cd = f"cd -- {shlex.quote(run_dir)} || exit 1"
-        lines = [
-            "#!/bin/bash",
-            f"# Conveyor job: {_comment(spec.job_name)}",
-            f"# Submit token: {token}",
-            "# Written by conveyor's shell adapter; run as `bash submit.sh TOKEN`.",
-            cd,
-            f"printf '%s\\n' \"$$\" >{_STARTED_TMP} && mv -f -- {_STARTED_TMP} {STARTED_FILE}",
-            *exports,
-        ]
-        if spec.pre_run:
-            lines += ["# pre_run, from the worker's configuration", spec.pre_run.rstrip("\n"), cd]
-        exit_file = shlex.quote(f"{run_dir.rstrip('/')}/{EXIT_CODE_FILE}")
-        exit_tmp = shlex.quote(f"{run_dir.rstrip('/')}/{_EXIT_TMP}")
-        lines += [
-            "# A TERM (a cancel signals the whole process group) reaches the payload too;",
-            "# the trap keeps this shell alive until the payload exits, to record its code.",
-            "trap ':' TERM",
-            shlex.join(spec.command),
-            "conveyor_exit_code=$?",
-            f"printf '%s\\n' \"$conveyor_exit_code\" >{exit_tmp} \\",
-            f"  && mv -f -- {exit_tmp} {exit_file}",
-            'exit "$conveyor_exit_code"',
-        ]
-        return {self.script_name: "\n".join(lines) + "\n"}
+        """The bash script, run as ``bash submit.sh TOKEN``; its pid is the queue id."""
+        return {self.script_name: render_script(spec, adapter=self.name, queue_id="$$")}
 
     def submit_command(self, spec: SubmitSpec) -> list[str]:
         """``bash -c SUBMIT_PROGRAM conveyor-submit RUN_DIR submit.sh TOKEN``."""
-        run_dir = _absolute_run_dir(spec.run_dir)
-        token = _valid_token(spec.submit_token)
+        run_dir = absolute_run_dir(spec.run_dir)
+        token = valid_token(spec.submit_token)
         return ["bash", "-c", SUBMIT_PROGRAM, SUBMIT_ARGV0, run_dir, self.script_name, token]
 
     def parse_submit_output(self, exit_code: int, stdout: str, stderr: str) -> str:
@@ -213,36 +182,7 @@ def _state(stat: str) -> QueueState | None:
     return NATIVE_STATES[code]
 
 
-def _identifier(key: str) -> str:
-    if not _IDENTIFIER.fullmatch(key):
-        raise QueueError(
-            f"environment variable name {key!r} is not a valid shell identifier "
-            "(letters, digits and '_', not starting with a digit)"
-        )
-    return key
-
-
-def _valid_token(token: str) -> str:
-    if not _TOKEN.fullmatch(token):
-        raise QueueError(
-            f"submit token {token!r} must be 1-200 letters, digits, '.', '_', ':' or '-', "
-            "starting with a letter or digit"
-        )
-    return token
-
-
 def _valid_pid(queue_id: str) -> str:
     if not _PID.fullmatch(queue_id):
         raise QueueError(f"shell queue id {queue_id!r} is not a pid")
     return queue_id
-
-
-def _absolute_run_dir(run_dir: str) -> str:
-    if not run_dir.startswith("/") or "\0" in run_dir:
-        raise QueueError(f"run dir {run_dir!r} must be an absolute path")
-    return run_dir
-
-
-def _comment(text: str) -> str:
-    """``text`` fit for one comment line: control characters (newlines...) become '?'."""
-    return "".join(c if c.isprintable() else "?" for c in text)

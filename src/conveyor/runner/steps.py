@@ -23,6 +23,7 @@ from conveyor.queue.base import (
     STDOUT_FILE,
     SubmitSpec,
 )
+from conveyor.queue.resources import parse_resources
 from conveyor.runner.context import LockedJob, StepResult
 from conveyor.states import JobState
 
@@ -119,7 +120,7 @@ def submit_spec(job: LockedJob, run_dir: str, token: str) -> SubmitSpec:
         command=[python, "-m", "conveyor.execution", run_dir],
         pre_run=worker.pre_run,
         env={**worker.env, **doc.exec_env},
-        resources={**worker.resources, **doc.resources},
+        resources=parse_resources(worker.resources, doc.resources),
     )
 
 
