@@ -82,6 +82,18 @@ class LocalWorkerConfig(_Strict):
             "'pbs', 'sge' and 'htcondor' submit to that scheduler."
         ),
     )
+    queue_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options for the queue adapter (see its docs), e.g. {sacct: [-c]}.",
+    )
+    missing_grace: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Seconds a job may be missing from the queue's listing before its accounting "
+            "decides how it ended; default: the queue adapter's own."
+        ),
+    )
     python: str | None = Field(
         None,
         description="Python that runs jobs on the worker; default: the runner's own Python.",

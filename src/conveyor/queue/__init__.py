@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Mapping
+from typing import Any
 
 from conveyor.exceptions import ConfigError
 from conveyor.queue.base import QueueAdapter, QueueJobInfo, QueueState, SubmitSpec
@@ -49,6 +51,11 @@ def adapter_class(name: str) -> type[QueueAdapter]:
     return cls
 
 
-def get_adapter(name: str) -> QueueAdapter:
-    """A new adapter for the queue system ``name`` (see :func:`adapter_class`)."""
-    return adapter_class(name)()
+def get_adapter(name: str, options: Mapping[str, Any] | None = None) -> QueueAdapter:
+    """A new adapter for the queue system ``name`` (see :func:`adapter_class`), with the
+    worker's ``queue_options``; an option the adapter does not take is a ConfigError."""
+    cls = adapter_class(name)
+    try:
+        return cls(**dict(options or {}))
+    except TypeError as exc:
+        raise ConfigError(f"queue_options for {name!r}: {exc}") from exc

@@ -128,12 +128,14 @@ def terminate(job: LockedJob) -> StepResult | None:
     doc = job.doc
     adapter = job.project.adapter(doc.worker)
     now = utcnow()
-    if adapter.missing_grace > timedelta(0):
+    setting = job.project.worker(doc.worker).missing_grace
+    grace = adapter.missing_grace if setting is None else timedelta(seconds=setting)
+    if grace > timedelta(0):
         since = doc.remote.missing_since
         if since is None:
             job.save({"remote.missing_since": now})
             return None
-        if now - since < adapter.missing_grace:
+        if now - since < grace:
             return None
     info = _accounting(job)
     exit_code = _exit_code(job)
