@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "get_flow",
     "get_job",
     "get_output",
+    "job_script",
     "list_flows",
     "list_jobs",
     "rerun",
@@ -205,3 +207,22 @@ def rerun(db_id: int, *, project: ProjectRef = None, by: str = "api") -> JobDoc:
 
 def _lease(project: Project) -> timedelta:
     return timedelta(seconds=project.config.runner.lease_seconds)
+
+
+@dataclass(frozen=True)
+class JobScript:
+    """What the runner would write and run to submit a job."""
+
+    run_dir: str
+    files: dict[str, str]
+    submit_argv: list[str]
+
+
+def job_script(db_id: int, *, project: ProjectRef = None) -> JobScript:
+    """The queue files and submit command of a job, rendered exactly as the runner
+    renders them, without writing or submitting anything."""
+    from conveyor.runner.steps import render_files
+
+    proj = open_project(project)
+    spec, files, argv = render_files(proj, get_job(db_id, project=proj))
+    return JobScript(spec.run_dir, files, argv)

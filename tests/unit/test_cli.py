@@ -21,7 +21,7 @@ import yaml
 from jobflow import Flow
 from typer.testing import CliRunner, Result
 
-from conveyor import Runner, __version__, submit_flow
+from conveyor import Runner, __version__, submit_command, submit_flow
 from conveyor.api import get_job
 from conveyor.cli import app, main
 from conveyor.cli.render import MASK, HistoryFollower, masked
@@ -466,3 +466,18 @@ def test_run_a_file_whose_flow_is_one_job(project: Project, tmp_path: Path) -> N
     assert table_rows(result.stdout) == {1: "COMPLETED"}
     assert re.search(r"^\s*1\s+hello\s+COMPLETED\s+'hi'\s*$", result.stdout, re.M)
     assert f"Flow {path.stem}: COMPLETED" in result.stdout
+
+
+def test_job_script_shows_what_would_be_submitted(project: Project) -> None:
+    db_id = submit_command(["echo", "it's $(not) run"], project=project)
+    result = CliRunner().invoke(app, ["job", "script", str(db_id)])
+    assert result.exit_code == 0, result.output
+    assert "# ---- " in result.output
+    assert "conveyor.execution" in result.output
+    assert "submitted with" in result.output
+    assert project.db.get_job(db_id).state is JobState.READY  # nothing was submitted
+    as_json = CliRunner().invoke(app, ["job", "script", str(db_id), "--json"])
+    data = json.loads(as_json.stdout)
+    assert data["submit_argv"][0] == "bash"
+    assert "submit.sh" in data["files"]
+    assert data["run_dir"].startswith(project.work_dir("local"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -129,6 +130,35 @@ def rerun(db_id: Annotated[int, typer.Argument(metavar="ID", help="The job's db 
 
     doc = api.rerun(db_id, by="cli")
     _print_state(doc.db_id, doc.name, doc.state)
+
+
+@app.command()
+def script(
+    db_id: Annotated[int, typer.Argument(metavar="ID", help="The job's db id.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print run dir, files and submit argv as JSON.")
+    ] = False,
+) -> None:
+    """Show exactly what would be submitted for a job, without submitting it.
+
+    Prints each file the upload step writes for the worker's queue (the job script,
+    and for some queues a submit description), then the submit command. A job not yet
+    checked out shows the run dir it would get and a placeholder submit token.
+    """
+    import shlex
+
+    from conveyor import api
+
+    found = api.job_script(db_id)
+    if as_json:
+        render.print_json(
+            {"run_dir": found.run_dir, "files": found.files, "submit_argv": found.submit_argv}
+        )
+        return
+    out = sys.stdout
+    for name, text in found.files.items():
+        out.write(f"# ---- {found.run_dir}/{name}\n{text}")
+    out.write(f"# ---- submitted with (in {found.run_dir}):\n{shlex.join(found.submit_argv)}\n")
 
 
 def _print_state(db_id: int, name: str, state: JobState) -> None:

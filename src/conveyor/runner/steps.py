@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.exceptions import PermanentStepError, QueueParseError, TransientStepError
-from conveyor.models import utcnow
+from conveyor.models import JobDoc, utcnow
+from conveyor.project import Project
 from conveyor.queue.base import (
     EXIT_CODE_FILE,
     JOB_FILE,
@@ -27,7 +28,15 @@ from conveyor.queue.resources import parse_resources
 from conveyor.runner.context import LockedJob, StepResult
 from conveyor.states import JobState
 
-__all__ = ["checkout", "download", "download_dir", "submit", "submit_spec", "upload"]
+__all__ = [
+    "checkout",
+    "download",
+    "download_dir",
+    "render_files",
+    "submit",
+    "submit_spec",
+    "upload",
+]
 
 log = logging.getLogger(__name__)
 
@@ -108,20 +117,33 @@ def _additional_stores(job: LockedJob) -> list[str]:
     return list(stores)
 
 
-def submit_spec(job: LockedJob, run_dir: str, token: str) -> SubmitSpec:
+def submit_spec(project: Project, doc: JobDoc, run_dir: str, token: str) -> SubmitSpec:
     """What the worker's queue adapter renders and submits for this job."""
-    doc = job.doc
-    worker = job.project.worker(doc.worker)
-    python = job.project.python(doc.worker)
+    worker = project.worker(doc.worker)
+    python = project.python(doc.worker)
     return SubmitSpec(
         run_dir=run_dir,
-        job_name=f"conveyor-{token}",
+        job_name=doc.name or f"job-{doc.db_id}",
         submit_token=token,
         command=[python, "-m", "conveyor.execution", run_dir],
         pre_run=worker.pre_run,
         env={**worker.env, **doc.exec_env},
         resources=parse_resources(worker.resources, doc.resources),
     )
+
+
+def render_files(project: Project, doc: JobDoc) -> tuple[SubmitSpec, dict[str, str], list[str]]:
+    """The files the upload step writes for the queue (by name) and the submit argv,
+    built exactly as the runner builds them, without writing or submitting anything.
+
+    A job not checked out yet gets the run dir and token it would get (the token is a
+    placeholder until the upload step draws the real one).
+    """
+    run_dir = doc.remote.run_dir or run_dir_for(project.work_dir(doc.worker), doc.uuid, doc.index)
+    token = doc.remote.submit_token or f"{doc.db_id}-000000000000"
+    spec = submit_spec(project, doc, run_dir, token)
+    adapter = project.adapter(doc.worker)
+    return spec, adapter.render(spec), adapter.submit_command(spec)
 
 
 def upload(job: LockedJob) -> StepResult:
@@ -143,7 +165,7 @@ def upload(job: LockedJob) -> StepResult:
         payload["command"] = command
     files = {f"{run_dir}/{JOB_FILE}": json.dumps(payload).encode()}
     adapter = job.project.adapter(doc.worker)
-    for name, text in adapter.render(submit_spec(job, run_dir, token)).items():
+    for name, text in adapter.render(submit_spec(job.project, doc, run_dir, token)).items():
         files[f"{run_dir}/{name}"] = text.encode()
     host = job.project.host(doc.worker)
     host.mkdir(run_dir)
@@ -198,7 +220,7 @@ def submit(job: LockedJob) -> StepResult:
     job.save({"remote.submitted_at": utcnow()})
     adapter = job.project.adapter(doc.worker)
     host = job.project.host(doc.worker)
-    argv = adapter.submit_command(submit_spec(job, run_dir, token))
+    argv = adapter.submit_command(submit_spec(job.project, doc, run_dir, token))
     result = host.execute(argv, cwd=run_dir, timeout=_timeout(job))
     try:
         queue_id = adapter.parse_submit_output(result.exit_code, result.stdout, result.stderr)
