@@ -76,6 +76,9 @@ class Project:
         """The jobflow JobStore for outputs, connected on first use."""
         from jobflow.core.store import JobStore
 
+        # JobStore.from_dict_spec finds store classes among imported Store subclasses.
+        import conveyor.stores  # noqa: F401
+
         spec: dict[str, Any] = {"docs_store": self.config.jobstore.docs_store}
         if self.config.jobstore.additional_stores:
             spec["additional_stores"] = self.config.jobstore.additional_stores
@@ -120,10 +123,11 @@ class Project:
             return host
 
     def adapter(self, worker: str) -> QueueAdapter:
-        """The queue adapter of a worker."""
+        """The queue adapter of a worker, with its ``queue_options``."""
         from conveyor.queue import get_adapter
 
-        return get_adapter(self.worker(worker).queue)
+        config = self.worker(worker)
+        return get_adapter(config.queue, config.queue_options)
 
     def close(self) -> None:
         """Close the hosts, the job store and the database."""

@@ -8,6 +8,7 @@ one entry in :data:`BACKENDS`.
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pytest
 
 from conveyor.db import Database, open_database
 from conveyor.db.mongo import MongoDatabase, forget_mongomock
+from conveyor.db.sqlite import parse_sqlite_url
 from conveyor.models import FlowDoc, JobDoc
 from conveyor.states import JobState
 
@@ -76,7 +78,25 @@ MONGODB = Backend(
     new_url=_mongodb_new_url, drop=_mongodb_drop, set_schema_version=_mongodb_set_version
 )
 
+
+def _sqlite_set_version(url: str, version: int) -> None:
+    path, _ = parse_sqlite_url(url)
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (version,))
+    finally:
+        conn.close()
+
+
+SQLITE = Backend(
+    new_url=lambda tmp: f"sqlite://{tmp}/conveyor.db",
+    drop=lambda _url: None,  # the file lives in the test's tmp_path
+    set_schema_version=_sqlite_set_version,
+)
+
 BACKENDS = [
+    pytest.param(SQLITE, id="sqlite"),
     pytest.param(MONGOMOCK, id="mongomock"),
     pytest.param(
         MONGODB,

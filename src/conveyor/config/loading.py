@@ -130,11 +130,22 @@ def load_config(path: Path) -> ProjectConfig:
 
 
 def default_config(name: str, directory: Path) -> dict[str, Any]:
-    """The settings of a fresh project: one local worker running jobs as processes."""
+    """The settings of a fresh project: one local worker running jobs as processes.
+
+    Jobs and outputs live in SQLite files in the project directory (``directory``,
+    absolute): a daemon, the CLI and several runners on this machine share them, and
+    no server is needed.
+    """
+    outputs = str(directory / "outputs.db")
     return {
         "name": name,
-        "database": {"url": "mongomock://"},
-        "jobstore": {"docs_store": {"type": "MemoryStore"}},
+        "database": {"url": f"sqlite://{directory / 'conveyor.db'}"},
+        "jobstore": {
+            "docs_store": {"type": "SqliteStore", "path": outputs, "collection_name": "outputs"},
+            "additional_stores": {
+                "data": {"type": "SqliteStore", "path": outputs, "collection_name": "blobs"}
+            },
+        },
         "workers": {
             "local": {
                 "type": "local",
