@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.queue.base import JOB_FILE, OUTPUT_FILE
+from conveyor.runfiles import JOB_FILE, OUTPUT_FILE
 
 if TYPE_CHECKING:
     from jobflow.core.job import Job, Response

@@ -15,6 +15,14 @@ from typing import ClassVar
 
 from conveyor.exceptions import QueueError
 from conveyor.queue.resources import Container, Resources
+from conveyor.runfiles import (
+    EXIT_CODE_FILE,
+    JOB_FILE,
+    OUTPUT_FILE,
+    STARTED_FILE,
+    STDERR_FILE,
+    STDOUT_FILE,
+)
 
 __all__ = [
     "EXIT_CODE_FILE",
@@ -28,14 +36,6 @@ __all__ = [
     "QueueState",
     "SubmitSpec",
 ]
-
-#: Files in a job's run dir, shared by the runner, the scripts and the execution module.
-JOB_FILE = "job.json"
-OUTPUT_FILE = "output.json"
-EXIT_CODE_FILE = "conveyor.exit"
-STARTED_FILE = "conveyor.started"
-STDOUT_FILE = "queue.out"
-STDERR_FILE = "queue.err"
 
 
 class QueueState(StrEnum):
