@@ -30,6 +30,7 @@ __all__ = [
     "list_jobs",
     "rerun",
     "retry",
+    "upgrade_database",
 ]
 
 _RERUNNABLE = ERROR_STATES | {JobState.COMPLETED, JobState.STOPPED, JobState.CANCELLED}
@@ -226,3 +227,19 @@ def job_script(db_id: int, *, project: ProjectRef = None) -> JobScript:
     proj = open_project(project)
     spec, files, argv = render_files(proj, get_job(db_id, project=proj))
     return JobScript(spec.run_dir, files, argv)
+
+
+def upgrade_database(*, project: ProjectRef = None) -> tuple[int, int]:
+    """Bring the project's database to this Conveyor's schema version.
+
+    Returns the version found and the version it now has.
+    """
+    from conveyor.db import open_database
+    from conveyor.db.base import SCHEMA_VERSION
+
+    config = open_project(project).config.database
+    db = open_database(config.url, config.name, check_schema=False)
+    try:
+        return db.upgrade(), SCHEMA_VERSION
+    finally:
+        db.close()

@@ -68,8 +68,18 @@ class Project:
         """The job database (opened on first use)."""
         from conveyor.db import open_database
 
+        return open_database(self.database_url, self.config.database.name)
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, a relative sqlite path made absolute from the project dir
+        (so every process finds the same file, whatever its working directory)."""
         url = self.config.database.url
-        return open_database(url, self.config.database.name)
+        prefix = "sqlite://"
+        rest = url[len(prefix) :]
+        if url.startswith(prefix) and rest and not rest.startswith(("/", "~")):
+            return f"{prefix}{self.directory / rest}"
+        return url
 
     @cached_property
     def jobstore(self) -> JobStore:
@@ -79,15 +89,26 @@ class Project:
         # JobStore.from_dict_spec finds store classes among imported Store subclasses.
         import conveyor.stores  # noqa: F401
 
-        spec: dict[str, Any] = {"docs_store": self.config.jobstore.docs_store}
+        spec: dict[str, Any] = {"docs_store": self._store_spec(self.config.jobstore.docs_store)}
         if self.config.jobstore.additional_stores:
-            spec["additional_stores"] = self.config.jobstore.additional_stores
+            spec["additional_stores"] = {
+                name: self._store_spec(info)
+                for name, info in self.config.jobstore.additional_stores.items()
+            }
         try:
             store = JobStore.from_dict_spec(spec)
         except Exception as exc:
             raise ConfigError(f"jobstore of project {self.name!r} is invalid: {exc}") from exc
         store.connect()
         return store
+
+    def _store_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A store spec whose relative ``path`` (SqliteStore, JSONStore) starts at the
+        project dir."""
+        path = spec.get("path")
+        if isinstance(path, str) and not Path(path).expanduser().is_absolute():
+            return {**spec, "path": str(self.directory / path)}
+        return spec
 
     def worker(self, name: str) -> LocalWorkerConfig:
         """The settings of one worker; ConfigError naming the known ones otherwise."""

@@ -5,11 +5,9 @@ Times are given explicitly (``now=``) wherever a lease matters, so nothing here 
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,6 +70,26 @@ def test_other_schema_version_is_refused(database_url: str, backend: Any) -> Non
     assert "conveyor admin upgrade" in message
 
 
+def test_upgrade_of_a_current_database_changes_nothing(database_url: str) -> None:
+    db = open_database(database_url, check_schema=False)
+    try:
+        assert db.upgrade() == SCHEMA_VERSION
+        assert db.schema_version() == SCHEMA_VERSION
+    finally:
+        db.close()
+
+
+def test_upgrade_refuses_a_newer_database(database_url: str, backend: Any) -> None:
+    open_database(database_url).close()
+    backend.set_schema_version(database_url, SCHEMA_VERSION + 1)
+    db = open_database(database_url, check_schema=False)
+    try:
+        with pytest.raises(SchemaVersionError, match="newer"):
+            db.upgrade()
+    finally:
+        db.close()
+
+
 def test_reset_deletes_everything_but_keeps_the_schema(
     database: Database, make_flow: FlowFactory
 ) -> None:
@@ -89,13 +107,6 @@ def test_reset_deletes_everything_but_keeps_the_schema(
 def test_unknown_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"redis://.*mongodb://.*sqlite://"):
         open_database("redis://localhost/0")
-
-
-def test_sqlite_url_without_the_sqlite_backend_is_a_config_error(tmp_path: Path) -> None:
-    if importlib.util.find_spec("conveyor.db.sqlite") is not None:
-        pytest.skip("the sqlite backend exists")
-    with pytest.raises(ConfigError, match="sqlite backend is not available"):
-        open_database(f"sqlite:///{tmp_path}/db.sqlite")
 
 
 def test_unknown_scheme_error_hides_the_password() -> None:

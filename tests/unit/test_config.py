@@ -112,3 +112,21 @@ def test_relative_work_dir_starts_at_the_project_dir(tmp_path: Path) -> None:
     data["workers"] = {"w": {"type": "local", "work_dir": "runs"}}
     path = write(tmp_path / "rel.yaml", data)
     assert open_project(path).work_dir("w") == str(tmp_path / "runs")
+
+
+def test_relative_database_and_store_paths_start_at_the_project_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = minimal(tmp_path)
+    data["database"] = {"url": "sqlite://state/conveyor.db"}
+    data["jobstore"] = {"docs_store": {"type": "SqliteStore", "path": "state/outputs.db"}}
+    (tmp_path / "state").mkdir()
+    path = write(tmp_path / "rel-db.yaml", data)
+    monkeypatch.chdir("/")
+    project = open_project(path)
+    assert project.database_url == f"sqlite://{tmp_path}/state/conveyor.db"
+    assert project.db.count_jobs() == 0
+    assert project.jobstore.count() == 0
+    project.close()
+    assert (tmp_path / "state" / "conveyor.db").exists()
+    assert (tmp_path / "state" / "outputs.db").exists()

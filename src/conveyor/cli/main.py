@@ -23,6 +23,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from conveyor._version import __version__
+from conveyor.cli import admin as admin_cli
 from conveyor.cli import job as job_cli
 from conveyor.cli import project as project_cli
 from conveyor.cli import render
@@ -85,6 +86,7 @@ app = typer.Typer(
 )
 app.add_typer(job_cli.app, name="job")
 app.add_typer(project_cli.app, name="project")
+app.add_typer(admin_cli.app, name="admin")
 
 
 def _show_version(value: bool) -> None:

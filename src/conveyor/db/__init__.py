@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import cast
-
 from conveyor.db.base import Database, FlowFilter, JobFilter
 from conveyor.exceptions import ConfigError
 
@@ -14,7 +11,7 @@ _MONGO_SCHEMES = ("mongodb://", "mongodb+srv://", "mongomock://")
 _SQLITE_SCHEME = "sqlite://"
 
 
-def open_database(url: str, name: str = "conveyor") -> Database:
+def open_database(url: str, name: str = "conveyor", *, check_schema: bool = True) -> Database:
     """Open the database at ``url``, choosing the backend by the URL's scheme.
 
     Parameters
@@ -25,6 +22,8 @@ def open_database(url: str, name: str = "conveyor") -> Database:
         embedded backend.
     name
         The database name when the URL does not give one (MongoDB only).
+    check_schema
+        Refuse a database of another schema version (off only to upgrade it).
 
     Raises
     ------
@@ -36,17 +35,11 @@ def open_database(url: str, name: str = "conveyor") -> Database:
     if url.startswith(_MONGO_SCHEMES):
         from conveyor.db.mongo import MongoDatabase
 
-        return MongoDatabase(url, name)
+        return MongoDatabase(url, name, check_schema=check_schema)
     if url.startswith(_SQLITE_SCHEME):
-        try:
-            sqlite = importlib.import_module("conveyor.db.sqlite")
-        except ModuleNotFoundError as exc:
-            if exc.name != "conveyor.db.sqlite":
-                raise
-            raise ConfigError(
-                "the embedded sqlite backend is not available yet; use mongomock:// or mongodb://"
-            ) from exc
-        return cast(Database, sqlite.SqliteDatabase(url))
+        from conveyor.db.sqlite import SqliteDatabase
+
+        return SqliteDatabase(url, check_schema=check_schema)
     schemes = ", ".join((*_MONGO_SCHEMES, _SQLITE_SCHEME))
     scheme, sep, rest = url.partition("://")
     shown = f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url  # no password

@@ -69,6 +69,19 @@ class Database(ABC):
     def schema_version(self) -> int:
         """The schema version recorded in the database."""
 
+    @abstractmethod
+    def upgrade(self) -> int:
+        """Bring the stored layout to :data:`SCHEMA_VERSION`; return the version found.
+
+        Open the database with ``check_schema=False`` first: an open that checks
+        refuses any other version.
+
+        Raises
+        ------
+        SchemaVersionError
+            If the database is newer than this Conveyor, or not Conveyor's.
+        """
+
     # --- ids and inserts -----------------------------------------------------------
 
     @abstractmethod

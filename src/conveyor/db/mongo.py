@@ -101,7 +101,7 @@ class MongoDatabase(Database):
         If the server cannot be reached.
     """
 
-    def __init__(self, url: str, name: str = "conveyor") -> None:
+    def __init__(self, url: str, name: str = "conveyor", *, check_schema: bool = True) -> None:
         self.url = url
         self._client: Any
         self._lock: AbstractContextManager[Any]
@@ -124,7 +124,8 @@ class MongoDatabase(Database):
         self._meta: Collection[Raw] = self._db["meta"]
         try:
             with self._lock:
-                self._check_schema()
+                if check_schema:
+                    self._check_schema()
                 self._create_indexes()
         except PyMongoError as exc:
             self.close()
@@ -164,6 +165,29 @@ class MongoDatabase(Database):
                 f"the database {self._db.name!r} has schema version {version}, but this "
                 f"Conveyor expects version {SCHEMA_VERSION}; run `conveyor admin upgrade`"
             )
+
+    def upgrade(self) -> int:
+        """Bring the database to this Conveyor's schema version; the version it had.
+
+        There is one schema version so far: an empty database is initialised, a
+        current one is left alone, a newer one is refused.
+        """
+        with self._lock:
+            found = self._meta.find_one({"_id": "schema"})
+            if found is None:
+                self._check_schema()  # initialises an empty database, refuses a foreign one
+                return SCHEMA_VERSION
+            version = int(found["version"])
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"the database {self._db.name!r} has schema version {version}, newer "
+                    f"than the version {SCHEMA_VERSION} of this Conveyor: upgrade Conveyor"
+                )
+            if version < SCHEMA_VERSION:  # pragma: no cover - no older version exists yet
+                raise SchemaVersionError(
+                    f"no migration from schema version {version} to {SCHEMA_VERSION}"
+                )
+            return version
 
     def _create_indexes(self) -> None:
         jobs = self._jobs

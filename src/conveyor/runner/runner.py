@@ -180,7 +180,18 @@ class Runner:
             with self._session():
                 while not self.stopping:
                     busy = self._tick(db_ids=[db_id])
-                    doc = self.project.db.get_job(db_id)
+                    try:
+                        doc = self.project.db.get_job(db_id)
+                    except DatabaseError as exc:
+                        log.warning("runner %s: cannot read job %s: %s", self.runner_id, db_id, exc)
+                        if deadline is not None and time.monotonic() > deadline:
+                            if raise_at_timeout:
+                                raise RunnerTimeoutError(
+                                    f"job {db_id}: the database failed until the timeout: {exc}"
+                                ) from exc
+                            return False
+                        self._idle(False)
+                        continue
                     if doc is None:
                         raise NotFoundError(f"job {db_id} disappeared")
                     idle = db_id not in self._jobs
@@ -227,7 +238,10 @@ class Runner:
             self._pool = None
         self._jobs.clear()
         self._polls.clear()
-        self.project.db.heartbeat_runner(self.runner_id, stopped=True)
+        try:
+            self.project.db.heartbeat_runner(self.runner_id, stopped=True)
+        except DatabaseError as exc:  # the registration then goes stale by itself
+            log.warning("runner %s: cannot record the stop: %s", self.runner_id, exc)
         log.info("runner %s: stopped", self.runner_id)
 
     def _idle(self, busy: bool) -> None:
@@ -236,7 +250,11 @@ class Runner:
 
     def _active(self, flows: Sequence[str] | None = None) -> bool:
         flt = JobFilter(states=list(ACTIVE_STATES), workers=self.workers, flow_uuids=flows)
-        return self.project.db.count_jobs(flt) > 0
+        try:
+            return self.project.db.count_jobs(flt) > 0
+        except DatabaseError as exc:  # unknown: assume there is work, ask again next pass
+            log.warning("runner %s: cannot count active jobs: %s", self.runner_id, exc)
+            return True
 
     def _resolve(self, db_id: int | None, job_id: tuple[str, int] | None) -> int:
         if db_id is not None:
