@@ -739,3 +739,37 @@ def test_timestamps_are_utc_at_first_read(database: Database, make_flow: FlowFac
     assert stored is not None
     assert stored.updated_at == datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
     assert_utc(stored.updated_at)
+
+
+def test_counts_by_state_follow_every_kind_of_change(
+    database: Database, make_flow: FlowFactory, make_job: JobFactory
+) -> None:
+    """Whatever keeps the counts (a GROUP BY or a trigger-kept table) must agree with the
+    jobs themselves after inserts, additions, releases, updates and a reset."""
+
+    def recount() -> dict[JobState, int]:
+        counts: dict[JobState, int] = {}
+        for doc in database.find_jobs():
+            counts[doc.state] = counts.get(doc.state, 0) + 1
+        return counts
+
+    flow, jobs = make_flow(4, state=JobState.READY)
+    database.add_jobs(flow.uuid, [make_job(flow.uuid, state=JobState.WAITING)])
+    database.add_jobs(flow.uuid, [make_job(flow.uuid, state=JobState.WAITING)])
+    locked = database.lock_job(jobs[0].db_id, "a", timedelta(minutes=1))
+    assert locked is not None
+    assert locked.lock.id is not None
+    update = transition(JobState.READY, JobState.CHECKED_OUT)
+    assert database.release_job_lock(jobs[0].db_id, locked.lock.id, update)
+    assert database.update_job(jobs[1].db_id, transition(JobState.READY, JobState.PAUSED))
+    assert database.count_jobs_by_state() == recount()
+    assert database.count_jobs() == 6
+    assert database.count_jobs_by_state() == {
+        JobState.READY: 2,
+        JobState.CHECKED_OUT: 1,
+        JobState.PAUSED: 1,
+        JobState.WAITING: 2,
+    }
+    database.reset()
+    assert database.count_jobs_by_state() == {}
+    assert database.count_jobs() == 0

@@ -177,7 +177,7 @@ class SqliteDatabase(Database):
 
     def reset(self) -> None:
         with self._write() as conn:
-            for table in ("jobs", "flows", "runners", "meta"):
+            for table in ("jobs", "flows", "runners", "meta", "job_counts"):
                 conn.execute(f"DELETE FROM {table}")
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
 
@@ -219,10 +219,11 @@ class SqliteDatabase(Database):
             found = conn.execute("SELECT doc FROM flows WHERE uuid = ?", (flow_uuid,)).fetchone()
             if found is None:
                 raise NotFoundError(f"cannot add jobs to flow {flow_uuid}: no such flow")
-            before = conn.total_changes
             # A job already stored under its (uuid, index) is skipped; a db id clash is not.
-            conn.executemany(f"{sql.INSERT_JOB} ON CONFLICT (uuid, idx) DO NOTHING", rows)
-            inserted = conn.total_changes - before
+            # rowcount counts the inserted rows only (total_changes would also count the
+            # job_counts trigger's writes).
+            cursor = conn.executemany(f"{sql.INSERT_JOB} ON CONFLICT (uuid, idx) DO NOTHING", rows)
+            inserted = max(cursor.rowcount, 0)
             flow = json.loads(found[0])
             job_uuids = list(flow.get("job_uuids", []))
             known = set(job_uuids)
