@@ -7,6 +7,7 @@ work within one command.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -97,7 +98,7 @@ def test_version_and_help(tmp_path: Path) -> None:
     assert "Usage: conveyor" in help_.stdout
 
 
-def test_demo_on_a_fresh_machine(tmp_path: Path) -> None:
+def test_demo_on_a_fresh_machine_leaves_jobs_another_process_lists(tmp_path: Path) -> None:
     result = conveyor("demo", home=tmp_path, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     seen = states_seen(result.stdout)
@@ -107,10 +108,16 @@ def test_demo_on_a_fresh_machine(tmp_path: Path) -> None:
         assert states[: -len(PATH)] in ([], ["WAITING"]), job
     assert outputs(result.stdout) == {"start": "3", "left": "13", "right": "23", "combine": "36"}
     assert "Flow diamond: COMPLETED" in result.stdout
-    assert not (tmp_path / "projects").exists()  # the demo touched no project of ours
-    folder = re.search(r"^Demo project in (\S+) ", result.stdout, re.M)
-    assert folder is not None
-    assert not Path(folder[1]).exists()  # removed without --keep
+    # The default project was made on the embedded database...
+    project_file = tmp_path / "projects" / "default" / "project.yaml"
+    assert load_config(project_file).database.url.startswith("sqlite:///")
+    # ...and another process sees the demo's jobs in it.
+    listed = conveyor("job", "list", "--json", home=tmp_path, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    jobs = json.loads(listed.stdout)
+    assert sorted((job["name"], job["state"]) for job in jobs) == sorted(
+        (name, "COMPLETED") for name in ("start", "left", "right", "combine")
+    )
 
 
 def test_run_a_file_in_a_project_made_by_project_init(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -114,7 +113,7 @@ def test_help_of_every_command() -> None:
     for command in ("demo", "run", "job", "project"):
         assert command in top.stdout
     for args, text in [
-        (["demo"], "throwaway project"),
+        (["demo"], "current project"),
         (["run"], "FILE.py"),
         (["job", "list"], "newest first"),
         (["job", "info"], "everything about one job"),
@@ -410,9 +409,8 @@ def test_run_a_missing_file_is_a_usage_error(project: Project) -> None:
 # --- demo -----------------------------------------------------------------------------------
 
 
-def test_demo_keep_shows_every_state_and_keeps_the_folder() -> None:
-    before = os.environ.get("CONVEYOR_PROJECT")
-    result = invoke("demo", "--keep")
+def test_demo_runs_in_the_current_project_and_shows_every_state(project: Project) -> None:
+    result = invoke("demo")
     assert result.exit_code == 0, result.output
     seen = states_seen(result.stdout)
     assert sorted(seen) == [1, 2, 3, 4]
@@ -421,12 +419,16 @@ def test_demo_keep_shows_every_state_and_keeps_the_folder() -> None:
     assert table_rows(result.stdout) == dict.fromkeys([1, 2, 3, 4], "COMPLETED")
     assert re.search(r"^\s*4\s+combine\s+COMPLETED\s+36\s*$", result.stdout, re.M)
     assert "Flow diamond: COMPLETED" in result.stdout
-    kept = Path(result.stdout.strip().splitlines()[-1].rpartition(": ")[2])
-    try:
-        assert (kept / "project.yaml").is_file()
-    finally:
-        shutil.rmtree(kept)
-    assert os.environ.get("CONVEYOR_PROJECT") == before
+    assert project.db.count_jobs_by_state() == {JobState.COMPLETED: 4}
+
+
+def test_demo_throwaway_leaves_nothing(project: Project) -> None:
+    result = invoke("demo", "--throwaway")
+    assert result.exit_code == 0, result.output
+    folder = re.search(r"throwaway project in (\S+)", result.stdout)
+    assert folder is not None
+    assert not Path(folder[1]).exists()
+    assert project.db.count_jobs() == 0
 
 
 # --- rendering ------------------------------------------------------------------------------

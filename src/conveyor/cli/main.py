@@ -242,45 +242,66 @@ def _report(
 
 @app.command()
 def demo(
-    keep: Annotated[
-        bool, typer.Option("--keep", "-k", help="Keep the demo's project folder; print its path.")
+    throwaway: Annotated[
+        bool,
+        typer.Option(
+            "--throwaway",
+            "-t",
+            help="Use a temporary project, deleted afterwards, instead of the current one.",
+        ),
     ] = False,
 ) -> None:
-    """Run a small example flow in a throwaway project and show every state change.
+    """Run a small example flow and show every state change.
 
-    Needs no project of yours: a temporary one is made with an in-memory database and
-    a local worker that runs each job as a background process. The flow is a diamond
-    of four 'add' jobs (start = 1 + 2; left and right add 10 and 20 to it; combine adds
-    those two). Every job is shown passing READY, CHECKED_OUT, UPLOADED, SUBMITTED,
-    RUNNING, TERMINATED, DOWNLOADED and COMPLETED; then the outputs. Exit code 0 if
-    every job completed.
+    The flow runs in the current project (--project / CONVEYOR_PROJECT, else 'default',
+    which is created on first use: an embedded database in the project folder and a
+    local worker that runs each job as a background process), so 'conveyor job list'
+    shows its jobs afterwards. The flow is a diamond of four 'add' jobs (start = 1 + 2;
+    left and right add 10 and 20 to it; combine adds those two). Every job is shown
+    passing READY, CHECKED_OUT, UPLOADED, SUBMITTED, RUNNING, TERMINATED, DOWNLOADED and
+    COMPLETED; then the outputs. Exit code 0 if every job completed.
     """
     import shutil
     import tempfile
 
+    from conveyor.config import init_project
+    from conveyor.project import open_project
+
+    if throwaway:
+        folder = Path(tempfile.mkdtemp(prefix="conveyor-demo-"))
+        try:
+            ok = _demo(open_project(init_project("demo", folder)), f"throwaway project in {folder}")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    else:
+        from conveyor.config import DEFAULT_PROJECT, project_file
+
+        path = project_file()
+        made = ""
+        if not path.exists() and not os.environ.get(PROJECT_ENV):
+            init_project(DEFAULT_PROJECT)
+            made = " (created now)"
+        project = open_project(path)
+        ok = _demo(project, f"project {project.name!r}{made}: {path}")
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _demo(project: Project, where: str) -> bool:
     from conveyor.examples import demo_flow
     from conveyor.runner import Runner
     from conveyor.submit import submit_flow
-    from conveyor.testing import temp_project
 
     console = render.stdout()
-    folder = Path(tempfile.mkdtemp(prefix="conveyor-demo-"))
-    try:
-        with temp_project(folder, name="demo") as project:
-            flow = demo_flow()
-            ids = submit_flow(flow, project=project)
-            console.print(f"Demo project in {folder} (in-memory database, local worker).")
-            console.print(f"Submitted flow {flow.name!r}: jobs {ids[0]} to {ids[-1]}.\n")
-            runner = Runner(project)
-            finished, docs = _run_and_watch(runner, flow.uuid, DEMO_SECONDS, follow=True)
-            ok = _report(project, flow.uuid, docs, finished, DEMO_SECONDS)
-    finally:
-        if keep:
-            console.print(f"Kept the demo project (run dirs under work/): {folder}")
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-    if not ok:
-        raise typer.Exit(1)
+    flow = demo_flow()
+    ids = submit_flow(flow, project=project)
+    console.print(f"Demo in {where}")
+    console.print(f"Submitted flow {flow.name!r}: jobs {ids[0]} to {ids[-1]}.\n")
+    runner = Runner(project)
+    finished, docs = _run_and_watch(runner, flow.uuid, DEMO_SECONDS, follow=True)
+    ok = _report(project, flow.uuid, docs, finished, DEMO_SECONDS)
+    console.print("See them again with 'conveyor job list'.")
+    return ok
 
 
 def load_flow(path: Path) -> Any:
