@@ -136,6 +136,11 @@ class QueueAdapter(ABC):
     def cancel_command(self, queue_id: str) -> list[str]:
         """The argv that cancels a job."""
 
+    def transfer_data_command(self, queue_id: str) -> list[str] | None:
+        """An argv that brings a finished job's files back to its run dir (a queue that
+        spools them, like HTCondor with ``-spool``); None when files stay in place."""
+        return None
+
     def hold_command(self, queue_id: str) -> list[str]:
         """The argv that holds a queued job (QueueError if the system cannot)."""
         raise QueueError(f"the {self.name} queue cannot hold jobs")

@@ -105,6 +105,16 @@ def _exit_code(job: LockedJob) -> int | None:
         return None
 
 
+def _transfer_data(job: LockedJob) -> None:
+    """Fetch a spooled job's files into its run dir before anything reads them."""
+    doc = job.doc
+    argv = job.project.adapter(doc.worker).transfer_data_command(str(doc.remote.queue_id))
+    if argv is None:
+        return
+    host = job.project.host(doc.worker)
+    host.execute(argv, timeout=job.project.worker(doc.worker).command_timeout).check()
+
+
 def _accounting(job: LockedJob) -> QueueJobInfo | None:
     doc = job.doc
     adapter = job.project.adapter(doc.worker)
@@ -137,6 +147,7 @@ def terminate(job: LockedJob) -> StepResult | None:
             return None
         if now - since < grace:
             return None
+    _transfer_data(job)
     info = _accounting(job)
     exit_code = _exit_code(job)
     if exit_code is None and info is not None:
