@@ -24,9 +24,11 @@ from typer.core import TyperGroup
 
 from conveyor._version import __version__
 from conveyor.cli import admin as admin_cli
+from conveyor.cli import flow as flow_cli
 from conveyor.cli import job as job_cli
 from conveyor.cli import project as project_cli
 from conveyor.cli import render
+from conveyor.cli import runner as runner_cli
 from conveyor.exceptions import ConveyorError, NotFoundError
 from conveyor.states import JobState
 
@@ -86,6 +88,8 @@ app = typer.Typer(
 )
 app.add_typer(job_cli.app, name="job")
 app.add_typer(project_cli.app, name="project")
+app.add_typer(flow_cli.app, name="flow")
+app.add_typer(runner_cli.app, name="runner")
 app.add_typer(admin_cli.app, name="admin")
 
 
