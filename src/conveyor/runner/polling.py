@@ -60,10 +60,22 @@ def poll_worker(
         if info is not None and info.state not in _LEFT:
             _note_state(project, job, info, owner)
             continue
+        if info is not None and info.state is QueueState.FAILED:
+            # Some queues keep a failed job listed for ever (SGE's Eqw): remove it, or it
+            # would hold its slot in the queue's books.
+            _remove_failed(project, worker, info)
         locked = db.lock_job(job.db_id, owner, lease, states=_QUEUED, now=now)
         if locked is not None:
             gone.append(LockedJob(project, locked, owner, lease))
     return gone
+
+
+def _remove_failed(project: Project, worker: str, info: QueueJobInfo) -> None:
+    argv = project.adapter(worker).cancel_command(info.queue_id)
+    try:
+        project.host(worker).execute(argv, timeout=project.worker(worker).command_timeout)
+    except Exception as exc:  # best effort: the job is over for us either way
+        log.warning("could not remove failed queue job %s: %s", info.queue_id, exc)
 
 
 def _note_state(project: Project, job: JobDoc, info: QueueJobInfo, owner: str) -> None:
@@ -150,6 +162,11 @@ def terminate(job: LockedJob) -> StepResult | None:
     _transfer_data(job)
     info = _accounting(job)
     exit_code = _exit_code(job)
+    since = doc.remote.missing_since
+    if info is None and exit_code is None and since is not None and now - since < 2 * grace:
+        # Nothing known yet: queues write their accounting a little after the job left
+        # the listing (SGE flushes every 15 s). Wait one more grace period for it.
+        return None
     if exit_code is None and info is not None:
         exit_code = info.exit_code
     reason = info.reason if info is not None and info.state is QueueState.FAILED else None
