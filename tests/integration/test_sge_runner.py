@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from jobflow import Flow
 
-from conftest import service_missing
 from conveyor import Runner, submit_command, submit_flow
 from conveyor.db.base import JobFilter
 from conveyor.models import JobDoc, utcnow
@@ -26,6 +25,7 @@ from conveyor.queue.base import STARTED_FILE
 from conveyor.states import JobState, JobUpdate
 from conveyor.testing import jobs as J
 from conveyor.testing import temp_project
+from services import service_missing
 
 pytestmark = pytest.mark.integration
 

@@ -118,6 +118,8 @@ def _memory_mb(value: Any) -> Any:
     if not match:
         raise QueueError(f"memory {value!r} is not a size like 4G, 512M or 2048 (MiB)")
     number, unit = float(match.group(1)), match.group(2).upper()
+    if number <= 0:
+        raise QueueError(f"memory {value!r} must be more than zero")
     return max(1, round(number * _FACTORS[unit]))
 
 
@@ -131,15 +133,18 @@ def parse_resources(*layers: Mapping[str, Any] | None) -> Resources:
     """
     merged: dict[str, Any] = {}
     for layer in layers:
-        for key, value in (layer or {}).items():
-            if key in SYSTEM_KEYS and isinstance(value, Mapping):
-                merged[key] = {**merged.get(key, {}), **value}
+        values = dict(layer or {})
+        # Per layer, so that a job's ``memory: 4G`` overrides a worker's ``memory_mb``.
+        if "memory" in values:
+            if "memory_mb" in values:
+                raise QueueError("give either memory or memory_mb, not both")
+            values["memory_mb"] = _memory_mb(values.pop("memory"))
+        for key, value in values.items():
+            previous = merged.get(key)
+            if key in SYSTEM_KEYS and isinstance(value, Mapping) and isinstance(previous, Mapping):
+                merged[key] = {**previous, **value}
             else:
                 merged[key] = value
-    if "memory" in merged:
-        if "memory_mb" in merged:
-            raise QueueError("give either memory or memory_mb, not both")
-        merged["memory_mb"] = _memory_mb(merged.pop("memory"))
     known = set(Resources.model_fields) | {"memory"}
     for key in merged:
         if key not in known:

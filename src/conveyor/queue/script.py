@@ -64,12 +64,16 @@ def comment(text: str) -> str:
 
 
 def container_command(
-    command: Sequence[str], container: Container | None, run_dir: str
+    command: Sequence[str],
+    container: Container | None,
+    run_dir: str,
+    env: Sequence[str] = (),
 ) -> list[str]:
     """The payload argv, wrapped to run inside ``container`` if one is asked for.
 
     The run dir is bound at the same path, so the payload finds its files where the
-    script left them.
+    script left them. Apptainer passes the script's environment on by itself; docker
+    passes only the variables named in ``env`` (``-e NAME``, value from the script).
     """
     argv = list(command)
     if container is None:
@@ -94,6 +98,7 @@ def container_command(
         f"{run_dir}:{run_dir}",
         "-w",
         run_dir,
+        *[arg for name in env for arg in ("-e", identifier(name))],
         *container.options,
         container.image,
         *argv,
@@ -120,7 +125,7 @@ def render_script(
         raise QueueError(f"job {spec.job_name!r}: the payload command is empty")
     exports = [f"export {identifier(key)}={shlex.quote(value)}" for key, value in spec.env.items()]
     cd = f"cd -- {shlex.quote(run_dir)} || exit 1"
-    payload = container_command(spec.command, spec.container, run_dir)
+    payload = container_command(spec.command, spec.container, run_dir, list(spec.env))
     lines = [
         interpreter,
         *directives,
