@@ -218,3 +218,10 @@ def test_layers_are_not_modified() -> None:
     parse_resources(worker, job)
     assert worker == {"memory": "1G", "slurm": {"a": "1"}}
     assert job == {"slurm": {"b": "2"}}
+
+
+def test_yaml_booleans_in_passthrough_become_lowercase_words() -> None:
+    from conveyor.queue.resources import parse_resources as parse
+
+    found = parse({"slurm": {"exclusive": True, "requeue": False}})
+    assert found.slurm == {"exclusive": "true", "requeue": "false"}

@@ -84,8 +84,12 @@ class Resources(BaseModel):
     @field_validator("slurm", "pbs", "sge", "htcondor", mode="before")
     @classmethod
     def _strings(cls, value: Any) -> Any:
+        # YAML's true/false arrive as bools: keep them as the words adapters look for.
         if isinstance(value, Mapping):
-            return {str(k): str(v) for k, v in value.items()}
+            return {
+                str(k): (str(v).lower() if isinstance(v, bool) else str(v))
+                for k, v in value.items()
+            }
         return value
 
 
