@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.config import ProjectConfig, load_config, project_file
-from conveyor.config.models import LocalWorkerConfig
+from conveyor.config.models import AnyWorkerConfig, SSHWorkerConfig
 from conveyor.exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ class Project:
             return {**spec, "path": str(self.directory / path)}
         return spec
 
-    def worker(self, name: str) -> LocalWorkerConfig:
+    def worker(self, name: str) -> AnyWorkerConfig:
         """The settings of one worker; ConfigError naming the known ones otherwise."""
         try:
             return self.config.workers[name]
@@ -126,20 +126,28 @@ class Project:
         return str(path if path.is_absolute() else self.directory / path)
 
     def python(self, worker: str) -> str:
-        """The Python that runs jobs on the worker."""
-        return self.worker(worker).python or sys.executable
+        """The Python that runs jobs on the worker: its ``python`` setting; by default the
+        runner's own for a local worker, ``python3`` on a remote one."""
+        config = self.worker(worker)
+        if isinstance(config, SSHWorkerConfig):
+            return config.python or "python3"
+        return config.python or sys.executable
 
     def host(self, worker: str) -> Host:
         """The host of a worker, shared by every thread of the process."""
         with self._lock:
             host = self._hosts.get(worker)
             if host is None:
-                from conveyor.hosts import LocalHost
-
                 config = self.worker(worker)
-                if config.type != "local":  # pragma: no cover - later worker kinds
-                    raise ConfigError(f"worker {worker!r}: unknown type {config.type!r}")
-                host = LocalHost(name=f"local:{worker}", root=self.work_dir(worker))
+                if isinstance(config, SSHWorkerConfig):
+                    from conveyor.hosts.ssh import SSHHost
+
+                    # One connection per (host, port, user), shared through the pool.
+                    host = SSHHost.from_config(worker, config)
+                else:
+                    from conveyor.hosts import LocalHost
+
+                    host = LocalHost(name=f"local:{worker}", root=self.work_dir(worker))
                 self._hosts[worker] = host
             return host
 
@@ -151,7 +159,8 @@ class Project:
         return get_adapter(config.queue, config.queue_options)
 
     def close(self) -> None:
-        """Close the hosts, the job store and the database."""
+        """Close the hosts (an SSH host gives its connection back to the pool, which
+        closes it when no worker uses it any more), the job store and the database."""
         with self._lock:
             for host in self._hosts.values():
                 host.close()

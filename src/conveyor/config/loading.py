@@ -85,8 +85,9 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 def _known_fields(loc: tuple[Any, ...]) -> list[str]:
     """The field names allowed at ``loc`` (best effort, for suggestions)."""
-    from conveyor.config.models import LocalWorkerConfig
+    from conveyor.config.models import LocalWorkerConfig, SSHWorkerConfig
 
+    kinds: dict[str, Any] = {"local": LocalWorkerConfig, "ssh": SSHWorkerConfig}
     model: Any = ProjectConfig
     parts = list(loc)
     while parts:
@@ -96,8 +97,8 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
             if parts:
                 parts.pop(0)  # the worker's name
             # discriminated unions put the type tag in the location
-            if parts and parts[0] == "local":
-                parts.pop(0)
+            if parts and parts[0] in kinds:
+                model = kinds[parts.pop(0)]
             continue
         field = getattr(model, "model_fields", {}).get(part)
         annotation = getattr(field, "annotation", None)
