@@ -149,7 +149,6 @@ def test_a_flow_completes_with_its_outputs(cluster: Cluster) -> None:
         doc = cluster.job(db_id)
         assert doc.state is JobState.COMPLETED
         assert doc.remote.queue_state == QueueState.DONE
-        assert doc.remote.native_state == "COMPLETED"
         assert doc.remote.exit_code == 0
         assert doc.remote.failure_reason is None
         assert doc.remote.queue_id is not None

@@ -493,11 +493,13 @@ class SSHConnection:
             while chan.recv_stderr_ready():
                 err += chan.recv_stderr(65536)
             if chan.exit_status_ready():
-                # Output arrives before the exit status: drain what is buffered.
-                while chan.recv_ready():
-                    out += chan.recv(65536)
-                while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
+                # sshd may send the exit status before the last of the output (it reads
+                # the child's pipes after the child exits): read on to end of file. The
+                # reads block; the caller's watchdog closes the channel past the timeout.
+                while chunk := chan.recv(65536):
+                    out += chunk
+                while chunk := chan.recv_stderr(65536):
+                    err += chunk
                 return
             chan.status_event.wait(_POLL_SECONDS)
 

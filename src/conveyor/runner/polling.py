@@ -160,8 +160,10 @@ def terminate(job: LockedJob) -> StepResult | None:
         if now - since < grace:
             return None
     _transfer_data(job)
-    info = _accounting(job)
     exit_code = _exit_code(job)
+    # A payload that exited 0 needs no accounting: nothing killed it (one command saved
+    # per job, a round trip on a remote cluster).
+    info = None if exit_code == 0 else _accounting(job)
     since = doc.remote.missing_since
     if info is None and exit_code is None and since is not None and now - since < 2 * grace:
         # Nothing known yet: queues write their accounting a little after the job left
@@ -177,7 +179,7 @@ def terminate(job: LockedJob) -> StepResult | None:
     state = QueueState.DONE if reason is None else QueueState.FAILED
     fields = {
         "remote.queue_state": state,
-        "remote.native_state": info.native_state if info is not None else None,
+        "remote.native_state": info.native_state if info is not None else doc.remote.native_state,
         "remote.exit_code": exit_code,
         "remote.failure_reason": reason,
     }

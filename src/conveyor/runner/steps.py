@@ -40,9 +40,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Files the download step fetches when they exist, besides output.json.
-_FETCHED = (OUTPUT_FILE, EXIT_CODE_FILE, STDOUT_FILE, STDERR_FILE)
-
 
 def run_dir_for(work_dir: str, uuid: str, index: int) -> str:
     """One run dir per job (and per index of a replaced job), spread over subdirs."""
@@ -168,10 +165,12 @@ def upload(job: LockedJob) -> StepResult:
     for name, text in adapter.render(submit_spec(job.project, doc, run_dir, token)).items():
         files[f"{run_dir}/{name}"] = text.encode()
     host = job.project.host(doc.worker)
-    host.mkdir(run_dir)
-    # A rerun reuses the run dir: results of the previous run must not decide this one.
-    for stale in (OUTPUT_FILE, EXIT_CODE_FILE, STARTED_FILE):
-        host.remove(f"{run_dir}/{stale}")
+    if host.exists(run_dir):
+        # A rerun reuses the run dir: results of the previous run must not decide this one.
+        for stale in (OUTPUT_FILE, EXIT_CODE_FILE, STARTED_FILE):
+            host.remove(f"{run_dir}/{stale}")
+    else:
+        host.mkdir(run_dir)
     host.write_files(files)
     return StepResult(
         JobState.UPLOADED,
@@ -239,20 +238,38 @@ def download_dir(job: LockedJob) -> Path:
     return job.project.downloads_dir / doc.uuid[:2] / f"{doc.uuid}_{doc.index}"
 
 
+def _fetch(job: LockedJob, name: str) -> bytes | None:
+    """One file of the run dir copied into the download dir; None if it is missing."""
+    run_dir, target = job.doc.remote.run_dir, download_dir(job) / name
+    try:
+        job.project.host(job.doc.worker).get(f"{run_dir}/{name}", str(target))
+    except FileNotFoundError:
+        target.unlink(missing_ok=True)
+        return None
+    return target.read_bytes()
+
+
+def _succeeded(output: bytes | None) -> bool:
+    try:
+        return output is not None and json.loads(output).get("error") is None
+    except (ValueError, AttributeError):
+        return False
+
+
 def download(job: LockedJob) -> StepResult:
-    """TERMINATED → DOWNLOADED: fetch output.json, the exit code and the queue's logs."""
+    """TERMINATED → DOWNLOADED: fetch output.json, and the queue's logs if it failed.
+
+    Each file is one transfer (one round trip on SSH), so a job that succeeded costs one:
+    the logs only matter to explain a failure, and the exit code is already recorded.
+    """
     doc = job.doc
-    run_dir = doc.remote.run_dir
-    if not run_dir:
+    if not doc.remote.run_dir:
         raise PermanentStepError(f"job {job.db_id} has no run dir; rerun it")
-    host = job.project.host(doc.worker)
-    target = download_dir(job)
-    target.mkdir(parents=True, exist_ok=True)
-    present = set(host.listdir(run_dir)) if host.exists(run_dir) else set()
-    for name in _FETCHED:
-        local = target / name
-        if name in present:
-            host.get(f"{run_dir}/{name}", str(local))
+    download_dir(job).mkdir(parents=True, exist_ok=True)
+    output = _fetch(job, OUTPUT_FILE)
+    for name in (STDOUT_FILE, STDERR_FILE):
+        if _succeeded(output):
+            (download_dir(job) / name).unlink(missing_ok=True)
         else:
-            local.unlink(missing_ok=True)
+            _fetch(job, name)
     return StepResult(JobState.DOWNLOADED)
