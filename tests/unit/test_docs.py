@@ -13,6 +13,7 @@ from conveyor.config.models import (
     LocalWorkerConfig,
     ProjectConfig,
     RunnerConfig,
+    SSHWorkerConfig,
 )
 from conveyor.queue.resources import Resources
 
@@ -21,7 +22,15 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 @pytest.mark.parametrize(
     "model",
-    [ProjectConfig, DatabaseConfig, JobStoreConfig, LocalWorkerConfig, RunnerConfig, Resources],
+    [
+        ProjectConfig,
+        DatabaseConfig,
+        JobStoreConfig,
+        LocalWorkerConfig,
+        SSHWorkerConfig,
+        RunnerConfig,
+        Resources,
+    ],
 )
 def test_every_field_is_in_the_configuration_reference(model: type[BaseModel]) -> None:
     text = DOCS.read_text()
@@ -30,7 +39,15 @@ def test_every_field_is_in_the_configuration_reference(model: type[BaseModel]) -
 
 
 @pytest.mark.parametrize(
-    "model", [ProjectConfig, DatabaseConfig, JobStoreConfig, LocalWorkerConfig, RunnerConfig]
+    "model",
+    [
+        ProjectConfig,
+        DatabaseConfig,
+        JobStoreConfig,
+        LocalWorkerConfig,
+        SSHWorkerConfig,
+        RunnerConfig,
+    ],
 )
 def test_every_field_has_a_description(model: type[BaseModel]) -> None:
     assert all(field.description for field in model.model_fields.values())
