@@ -674,6 +674,39 @@ def test_update_flow(database: Database, make_flow: FlowFactory) -> None:
     assert not database.update_flow("nope", {"name": "x"})
 
 
+# --- deletes ---------------------------------------------------------------------------
+
+
+def test_delete_jobs_removes_exactly_those_jobs(database: Database, make_flow: FlowFactory) -> None:
+    flow, jobs = make_flow(3)
+    _, [kept] = make_flow()
+    assert database.lock_job(jobs[2].db_id, "cli", LEASE) is not None  # the caller's lock
+    assert database.delete_jobs([jobs[0].db_id, jobs[2].db_id, 999_999]) == 2
+    assert database.get_job(jobs[0].db_id) is None
+    assert database.get_job(jobs[2].db_id) is None
+    assert ids(database.find_jobs()) == [jobs[1].db_id, kept.db_id]
+    assert database.count_jobs() == 2
+    assert database.count_jobs_by_state() == {S.READY: 2}
+    assert database.delete_jobs([]) == 0
+    assert database.get_flow(flow.uuid) is not None  # the caller updates the flow
+    assert database.next_db_ids(1) > kept.db_id  # ids are never given out again
+
+
+def test_delete_flow_removes_the_flow_and_its_jobs(
+    database: Database, make_flow: FlowFactory
+) -> None:
+    flow, _ = make_flow([{"state": S.COMPLETED}, {"state": S.WAITING}])
+    other, [kept] = make_flow()
+    assert database.delete_flow(flow.uuid) == 2
+    assert database.get_flow(flow.uuid) is None
+    assert database.find_jobs(JobFilter(flow_uuids=[flow.uuid])) == []
+    assert ids(database.find_jobs()) == [kept.db_id]
+    assert database.count_jobs_by_state() == {S.READY: 1}
+    assert [f.uuid for f in database.find_flows()] == [other.uuid]
+    with pytest.raises(NotFoundError, match="no such flow"):
+        database.delete_flow(flow.uuid)
+
+
 # --- runners ---------------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from jobflow import Flow
 
@@ -63,3 +65,83 @@ def test_rerun_refuses_a_job_that_is_not_finished(project: Project) -> None:
     db_id = submit_command(["true"])
     with pytest.raises(ConveyorError, match="only finished jobs can be rerun"):
         api.rerun(db_id)
+
+
+# --- queries: filters, sorting, counts ---------------------------------------------------
+
+
+def test_queries_filter_sort_and_count_alike(project: Project) -> None:
+    ok = J.add(1, 1)
+    bad = J.fail("query me")
+    bad.name = "broken_add"
+    later = J.add(ok.output, 2)
+    submit_flow(Flow([ok, bad, later], name="mixed"))
+    ids = [api.list_jobs(uuids=[j.uuid])[0].db_id for j in (ok, bad, later)]
+    extra = submit_command(["true"], name="cmd_true", priority=5)
+    assert Runner().run_all_jobs(max_seconds=120)
+    assert api.get_job(ids[1]).state is JobState.FAILED
+    newest = sorted([*ids, extra], reverse=True)
+
+    def check(expected: list[int], **filters: object) -> None:
+        found = [d.db_id for d in api.list_jobs(**filters)]  # type: ignore[arg-type]
+        assert found == expected, filters
+        assert api.count_jobs(**filters) == len(expected), filters  # type: ignore[arg-type]
+
+    check(sorted([ids[0], ids[2]], reverse=True), name="add")
+    check([ids[1]], name="*_add")
+    check([ids[1]], in_error=True)
+    check([d for d in newest if d != ids[1]], in_error=False)
+    check([extra], states=["completed"], name="cmd_*")
+    check([], created_after="1h", name="nothing*")
+    check(newest, created_after="1h")
+    check([], created_before="1h")
+    check(newest, updated_after="1h")
+    check(newest, updated_before=datetime.now(UTC) + timedelta(minutes=1))
+    check([], updated_before="1h")
+    check([], locked=True)
+
+    by_priority = api.list_jobs(sort="priority")
+    assert by_priority[0].db_id == extra
+    by_state = [d.state for d in api.list_jobs(sort="state")]
+    assert by_state == sorted(by_state, key=list(JobState).index)
+    assert [d.db_id for d in api.list_jobs(sort="name", limit=2)] == sorted([ids[0], ids[2]])
+    assert [d.db_id for d in api.list_jobs(newest_first=False, limit=2)] == newest[::-1][:2]
+    assert [d.db_id for d in api.list_jobs(reverse=True, limit=2)] == newest[::-1][:2]
+    with pytest.raises(ConveyorError, match="unknown sort key 'size'; use one of id, "):
+        api.list_jobs(sort="size")
+
+    query = api.job_query(states=["COMPLETED"], name="add")
+    assert not query.is_empty
+    assert query.post_filtered
+    assert api.count_selected(query) == len(api.select_jobs(query)) == 2
+    assert api.JobQuery().is_empty
+
+
+def test_parse_time_reads_iso_times_and_ages() -> None:
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert api.parse_time("30m", now=now) == now - timedelta(minutes=30)
+    assert api.parse_time("2h ago", now=now) == now - timedelta(hours=2)
+    assert api.parse_time("1.5d", now=now) == now - timedelta(hours=36)
+    assert api.parse_time("1w", now=now) == now - timedelta(weeks=1)
+    assert api.parse_time("2024-05-01T13:00+02:00") == datetime(2024, 5, 1, 11, tzinfo=UTC)
+    local = datetime(2024, 5, 1, 13, 0).astimezone()
+    assert api.parse_time("2024-05-01T13:00") == local
+    assert api.parse_time("today", now=now).astimezone().hour == 0
+    with pytest.raises(ConveyorError, match=r"cannot read the time 'soon'.*30m, 2h, 3d, 1w"):
+        api.parse_time("soon")
+
+
+def test_list_flows_by_name_and_flow_reads(project: Project) -> None:
+    first = submit_flow(Flow([J.add(1, 2)], name="relax-a"))
+    submit_flow(Flow([J.add(1, 2)], name="static"))
+    assert [f.name for f in api.list_flows(name="relax*")] == ["relax-a"]
+    assert [f.name for f in api.list_flows(limit=1)] == ["static"]
+    flow = api.find_flow(first[0])
+    assert flow.name == "relax-a"
+    assert api.find_flow(str(first[0])).uuid == api.find_flow(flow.uuid).uuid
+    assert api.flow_counts(flow.uuid) == {JobState.READY: 1}
+    assert [d.db_id for d in api.flow_jobs(flow.uuid)] == first
+    with pytest.raises(ConveyorError, match="unknown flow state"):
+        api.list_flows(states=["DONE"])
+    with pytest.raises(NotFoundError, match="no job with db id 99"):
+        api.find_flow(99)

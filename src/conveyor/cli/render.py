@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
@@ -21,16 +21,24 @@ from rich.text import Text
 from conveyor.models import EPOCH, JobDoc
 from conveyor.states import ERROR_STATES, JobState
 
+if TYPE_CHECKING:
+    from conveyor.api import Outcome
+
 __all__ = [
     "MASK",
     "HistoryFollower",
     "error_line",
+    "fields_text",
+    "history_json",
+    "history_table",
     "job_details",
     "job_json",
     "jobs_table",
     "masked",
+    "outcome_line",
     "outputs_table",
     "print_json",
+    "print_text",
     "short",
     "state_text",
     "stderr",
@@ -70,6 +78,12 @@ def error_line(message: str, exc: BaseException | None = None, *, debug: bool = 
         sys.stderr.write("".join(traceback.format_exception(exc)))
         sys.stderr.flush()
     stderr().print(Text(f"error: {message}", style="red"))
+
+
+def print_text(text: str) -> None:
+    """Write ``text`` to stdout as it is, and nothing else."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def print_json(data: Any) -> None:
@@ -144,7 +158,7 @@ def outputs_table(rows: Iterable[tuple[JobDoc, str]]) -> Table:
     return table
 
 
-def _fields(rows: Iterable[tuple[str, Any]]) -> Text:
+def fields_text(rows: Iterable[tuple[str, Any]]) -> Text:
     """``key  value`` lines; values are never cut or folded, so paths can be copied."""
     rows = list(rows)
     width = max(len(key) for key, _ in rows)
@@ -179,7 +193,7 @@ def job_details(doc: JobDoc, now: datetime) -> list[Any]:
         state.append(f" (failed in {doc.previous_state})")
     out: list[Any] = [
         Text(f"Job {doc.db_id}: {doc.name}", style="bold"),
-        _fields(
+        fields_text(
             [
                 ("state", state),
                 ("uuid", f"{doc.uuid} (index {doc.index})"),
@@ -281,3 +295,55 @@ class HistoryFollower:
             self._seen[doc.db_id] = len(doc.history)
         lines.sort(key=lambda item: item[0])
         return lines
+
+
+# --- outcomes of changes -----------------------------------------------------------------
+
+
+def outcome_line(outcome: Outcome, verb: str, *, show_state: bool = True) -> Text:
+    """``job N NAME: STATE (note)``, or ``job N NAME: not VERB: why`` in red."""
+    line = Text(
+        f"job {outcome.db_id} {outcome.name}: " if outcome.name else f"job {outcome.db_id}: "
+    )
+    if not outcome.ok:
+        line.append(f"not {verb}: {outcome.message}", style="red")
+        return line
+    if show_state and outcome.doc is not None:
+        line.append_text(state_text(outcome.doc.state))
+        if outcome.note:
+            line.append(f" ({outcome.note})", style="dim")
+    else:
+        line.append(outcome.note or verb)
+    return line
+
+
+# --- history ----------------------------------------------------------------------------
+
+
+def history_json(doc: JobDoc) -> list[dict[str, Any]]:
+    """Every recorded state change: the state, the one before, when and by whom."""
+    rows = []
+    for i, entry in enumerate(doc.history):
+        rows.append(
+            {
+                "from": str(doc.history[i - 1].state) if i else None,
+                "state": str(entry.state),
+                "at": entry.at.isoformat(),
+                "by": entry.by,
+            }
+        )
+    return rows
+
+
+def history_table(doc: JobDoc) -> Table:
+    """One row per state change: from, to, when (local time, to the millisecond), by."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("from", no_wrap=True)
+    table.add_column("to", no_wrap=True)
+    table.add_column("at", no_wrap=True)
+    table.add_column("by", overflow="fold")
+    for i, entry in enumerate(doc.history):
+        before = state_text(doc.history[i - 1].state) if i else Text("-", style="dim")
+        at = entry.at.astimezone().isoformat(sep=" ", timespec="milliseconds")
+        table.add_row(before, state_text(entry.state), at, Text(_or_dash(entry.by)))
+    return table

@@ -37,6 +37,8 @@ __all__ = [
     "as_now",
     "count_jobs",
     "count_jobs_by_state",
+    "delete_flow_jobs",
+    "delete_jobs",
     "dumps",
     "find_flows",
     "find_jobs",
@@ -375,3 +377,14 @@ def find_flows(
             params.extend(values_params)
     sql = f"SELECT doc FROM flows{_where(terms)} ORDER BY created_at {order}, uuid {order} LIMIT ?"
     return Query(sql, (*params, limit or -1))
+
+
+def delete_jobs(db_ids: Sequence[int]) -> Query:
+    """Delete jobs by db id (the primary key)."""
+    term, params = _in("db_id", list(db_ids))
+    return Query(f"DELETE FROM jobs WHERE {term}", tuple(params))
+
+
+def delete_flow_jobs(flow_uuid: str) -> Query:
+    """Delete every job of a flow (through ``jobs_flow``)."""
+    return Query("DELETE FROM jobs WHERE flow_uuid = ?", (flow_uuid,))

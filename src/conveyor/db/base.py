@@ -226,6 +226,26 @@ class Database(ABC):
     def update_flow(self, uuid: str, fields: Mapping[str, Any]) -> bool:
         """Set ``fields`` (dotted paths) on the flow."""
 
+    # --- deletes -------------------------------------------------------------------
+
+    @abstractmethod
+    def delete_jobs(self, db_ids: Sequence[int]) -> int:
+        """Delete the jobs with these db ids; how many there were.
+
+        Deletes whatever their state and lock: the caller makes sure nobody works on
+        them (it holds their locks) and updates their flow's ``job_uuids`` itself.
+        """
+
+    @abstractmethod
+    def delete_flow(self, uuid: str) -> int:
+        """Delete the flow and every job of it; how many jobs were deleted.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no such flow.
+        """
+
     # --- runners -------------------------------------------------------------------
 
     @abstractmethod

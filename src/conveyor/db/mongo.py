@@ -513,6 +513,25 @@ class MongoDatabase(Database):
             result = self._flows.update_one({"uuid": uuid}, {"$set": values})
         return result.matched_count == 1
 
+    # --- deletes -------------------------------------------------------------------
+
+    def delete_jobs(self, db_ids: Sequence[int]) -> int:
+        if not db_ids:
+            return 0
+        with self._lock:
+            result = self._jobs.delete_many({"db_id": {"$in": list(db_ids)}})
+        return int(result.deleted_count)
+
+    def delete_flow(self, uuid: str) -> int:
+        with self._lock:
+            if self._flows.count_documents({"uuid": uuid}, limit=1) == 0:
+                raise NotFoundError(f"cannot delete flow {uuid}: no such flow")
+            # Jobs first: a crash in between leaves a flow without jobs, never jobs
+            # without their flow.
+            deleted = self._jobs.delete_many({"flow_uuid": uuid}).deleted_count
+            self._flows.delete_one({"uuid": uuid})
+        return int(deleted)
+
     # --- runners -------------------------------------------------------------------
 
     def register_runner(self, runner: RunnerDoc) -> None:

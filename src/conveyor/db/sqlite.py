@@ -458,6 +458,23 @@ class SqliteDatabase(Database):
         except NotFoundError:
             return False
 
+    # --- deletes -------------------------------------------------------------------
+
+    def delete_jobs(self, db_ids: Sequence[int]) -> int:
+        if not db_ids:
+            return 0
+        with self._write() as conn:
+            return max(conn.execute(*sql.delete_jobs(db_ids)).rowcount, 0)
+
+    def delete_flow(self, uuid: str) -> int:
+        with self._write() as conn:
+            found = conn.execute("SELECT 1 FROM flows WHERE uuid = ?", (uuid,)).fetchone()
+            if found is None:
+                raise NotFoundError(f"cannot delete flow {uuid}: no such flow")
+            deleted = conn.execute(*sql.delete_flow_jobs(uuid)).rowcount
+            conn.execute("DELETE FROM flows WHERE uuid = ?", (uuid,))
+        return max(deleted, 0)
+
     # --- runners -------------------------------------------------------------------
 
     def register_runner(self, runner: RunnerDoc) -> None:
