@@ -19,6 +19,7 @@
     ├── QueueError                  the queue adapter could not build or parse something
     │   └── QueueParseError         a queue command's output could not be parsed
     ├── RunnerTimeoutError          run_one_job / run_all_jobs ran out of time
+    ├── WaitTimeoutError            api.wait / wait_flow: the jobs did not get there in time
     └── CommandFailedError          a command job's program failed (in conveyor.execution.argv,
                                     so the worker side imports nothing heavy)
 
@@ -48,6 +49,7 @@ __all__ = [
     "SchemaVersionError",
     "StepError",
     "TransientStepError",
+    "WaitTimeoutError",
 ]
 
 #: How much of a command's output an error message keeps (the tail).
@@ -162,3 +164,7 @@ class QueueParseError(QueueError):
 
 class RunnerTimeoutError(ConveyorError):
     """The runner did not bring the job(s) to the target state in time."""
+
+
+class WaitTimeoutError(ConveyorError):
+    """The jobs or the flow did not reach what ``api.wait``/``wait_flow`` waited for."""

@@ -63,6 +63,10 @@ class Project:
         """Where the runner keeps what it fetched from the workers' run dirs."""
         return self.directory / "downloads"
 
+    def job_downloads(self, uuid: str, index: int) -> Path:
+        """Where the runner keeps the files it fetched from one job's run dir."""
+        return self.downloads_dir / uuid[:2] / f"{uuid}_{index}"
+
     @cached_property
     def db(self) -> Database:
         """The job database (opened on first use)."""

@@ -380,9 +380,8 @@ def job_script(db_id: int, *, project: ProjectRef = None) -> JobScript:
 
 
 def download_dir(project: Project, doc: JobDoc) -> Path:
-    """Where the runner keeps the files it fetched for ``doc`` (the same path as
-    :func:`conveyor.runner.steps.download_dir` gives a locked job)."""
-    return project.downloads_dir / doc.uuid[:2] / f"{doc.uuid}_{doc.index}"
+    """Where the runner keeps the files it fetched for ``doc``."""
+    return project.job_downloads(doc.uuid, doc.index)
 
 
 @dataclass(frozen=True)

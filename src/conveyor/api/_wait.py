@@ -9,7 +9,7 @@ from typing import Literal
 from conveyor.api._common import ProjectRef, id_list
 from conveyor.api._flows import FINAL_FLOW_STATES, find_flow
 from conveyor.db.base import JobFilter
-from conveyor.exceptions import ConveyorError, NotFoundError
+from conveyor.exceptions import ConveyorError, NotFoundError, WaitTimeoutError
 from conveyor.models import FlowDoc, JobDoc
 from conveyor.project import open_project
 from conveyor.states import DONE_STATES, ERROR_STATES, JobState
@@ -26,10 +26,6 @@ STARTED_STATES = frozenset({JobState.RUNNING, JobState.TERMINATED, JobState.DOWN
     ENDED_STATES
 )
 _UNTIL = {"terminated": ENDED_STATES, "started": STARTED_STATES}
-
-
-class WaitTimeoutError(ConveyorError):
-    """The jobs or the flow did not get where :func:`wait` was asked to wait for."""
 
 
 def _sleep(deadline: float | None, interval: float) -> None:

@@ -234,8 +234,7 @@ def submit(job: LockedJob) -> StepResult:
 
 def download_dir(job: LockedJob) -> Path:
     """Where the runner keeps the files it fetched for this job."""
-    doc = job.doc
-    return job.project.downloads_dir / doc.uuid[:2] / f"{doc.uuid}_{doc.index}"
+    return job.project.job_downloads(job.doc.uuid, job.doc.index)
 
 
 def _fetch(job: LockedJob, name: str) -> bytes | None:
