@@ -1,14 +1,14 @@
-"""Faults on a remote host, for real: its sshd killed mid-command, the host gone silent
-(a blackhole route: packets vanish), the host unreachable (its link down).
+"""Faults on a remote host, for real: its sshd killed mid-command, the host gone silent (a
+blackhole route: packets vanish), the host unreachable (its link down).
 
-The faulty host is a network namespace of this module's own (scripts/services/
-netns-host.sh up cvfaultN N --no-slurm: 198.51.100.(4N+2), its own sshd, the shell queue;
-N is the first index no other test session holds), torn down afterwards whatever happens. A healthy worker (the loopback sshd) runs jobs
-meanwhile. Timeouts are small: connect 2 s, channel 2 s, command 5 s, keepalive 1 s x 3,
-reconnect after 0.5 s, retry after 0.5 s, lease 5 s. Each fault ends either with the job
-retried and completed once the host is back, or in REMOTE_ERROR with a message naming the
-host and the failure; the runner's loop never waits on the host, and the healthy
-worker's jobs finish during the outage.
+The faulty host is a network namespace of this module's own (scripts/services/netns-
+host.sh up cvfaultN N --no-slurm: 198.51.100.(4N+2), its own sshd, the shell queue; N is
+the first index no other test session holds), torn down afterwards whatever happens. A
+healthy worker (the loopback sshd) runs jobs meanwhile. Timeouts are small: connect 2 s,
+channel 2 s, command 5 s, keepalive 1 s x 3, reconnect after 0.5 s, retry after 0.5 s,
+lease 5 s. Each fault ends either with the job retried and completed once the host is
+back, or in REMOTE_ERROR with a message naming the host and the failure; the runner's
+loop never waits on the host, and the healthy worker's jobs finish during the outage.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import pytest
 from jobflow import Flow
 from test_ssh_host import TEST_ROOT, Service, load_service
 
-from services import service_missing
 from conveyor import Runner, submit_flow
 from conveyor.api import retry
 from conveyor.exceptions import HostError
@@ -41,6 +40,7 @@ from conveyor.runner import runner as runner_module
 from conveyor.states import JobState
 from conveyor.testing import jobs as J
 from conveyor.testing import temp_project
+from services import service_missing
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from services import service_missing
 from conveyor.config.models import SSHWorkerConfig
 from conveyor.exceptions import CommandTimeoutError, ConfigError, HostError
 from conveyor.hosts.pool import HostPool
 from conveyor.hosts.ssh import HostKeyError, SSHAuthError, SSHHost
+from services import service_missing
 
 pytestmark = pytest.mark.integration
 
