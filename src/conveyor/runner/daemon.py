@@ -16,38 +16,59 @@ unix socket. Everything the daemon writes stays in that folder::
 Whether a process lives is read from the state field of ``/proc/PID/stat``, never from
 ``kill -0``: an exited process stays a zombie until it is reaped, which on some
 machines (a slow init, a container) takes seconds, and ``kill -0`` calls a zombie alive.
+
+This module is the :class:`Daemon`; the /proc checks are in :mod:`conveyor.runner.procfs`,
+the layout, configuration and socket client in :mod:`conveyor.runner.supervisor`, the
+reading of logs in :mod:`conveyor.runner.daemon_logs`; it re-exports their public names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import http.client
 import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-import xmlrpc.client
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
-from shlex import quote
-from string import Template
 from typing import Any
 
 from conveyor.db.base import JobFilter
-from conveyor.exceptions import ConveyorError, DatabaseError, tail
+from conveyor.exceptions import ConveyorError, DatabaseError
 from conveyor.models import RunnerDoc, utcnow
 from conveyor.project import Project, open_project
-from conveyor.runner.runner import ALL_ROLES
+from conveyor.runner.daemon_logs import Position as Position
+from conveyor.runner.daemon_logs import follow_files, last_lines
+from conveyor.runner.procfs import POLL_SECONDS as POLL_SECONDS
+from conveyor.runner.procfs import (
+    children,
+    cmdline,
+    environ,
+    live_pids,
+    pid_alive,
+    process_state,
+    same_process,
+    wait_dead,
+)
+from conveyor.runner.supervisor import DAEMON_ENV as DAEMON_ENV
+from conveyor.runner.supervisor import (
+    RPC_ERRORS,
+    DaemonLayout,
+    Program,
+    ProgramStatus,
+    daemon_key,
+    launch_supervisord,
+    render_config,
+    socket_path,
+    supervisor_rpc,
+)
+from conveyor.runner.supervisor import SOCKET_PATH_MAX as SOCKET_PATH_MAX
+from conveyor.runner.supervisor import START_SECONDS as START_SECONDS
+from conveyor.runner.supervisor import STOP_WAIT_SECONDS as STOP_WAIT_SECONDS
 
 __all__ = [
     "Daemon",
@@ -67,106 +88,10 @@ __all__ = [
     "socket_path",
 ]
 
-#: Seconds supervisord gives a runner after SIGTERM to finish the steps in hand and
-#: release its locks, before SIGKILL (a long step renews its lease meanwhile).
-STOP_WAIT_SECONDS = 300
 #: How long ``start`` waits for every runner process to be RUNNING.
 START_TIMEOUT = 60.0
-#: A runner process counts as started once it has lived this long (``startsecs``).
-START_SECONDS = 2
 #: A registration without a heartbeat for this many heartbeat intervals is stale.
 STALE_HEARTBEATS = 3
-#: ``sun_path`` holds 108 bytes, and supervisord binds ``<path>.<pid>`` before it
-#: renames that to ``<path>``: longer socket paths go under /tmp.
-SOCKET_PATH_MAX = 96
-#: Set in the environment of the daemon's runner processes: the daemon's key.
-DAEMON_ENV = "CONVEYOR_DAEMON"
-#: How often a wait looks again.
-POLL_SECONDS = 0.1
-#: A process that started this much later than its registration is another process
-#: that got the registered pid.
-_PID_REUSE_SLACK = timedelta(seconds=5)
-
-
-# --- processes, read from /proc -------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """The fields of ``/proc/PID/stat`` after the command name; None if no such pid."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    # The command name, in parentheses, may itself hold spaces and parentheses.
-    return raw[raw.rindex(b")") + 2 :].decode().split()
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter of a process (``R``, ``S``, ``D``, ``Z``...), None if none."""
-    fields = _stat_fields(pid)
-    return fields[0] if fields else None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process: a zombie (``Z``) or dead one (``X``) is not."""
-    state = process_state(pid)
-    return state is not None and state not in ("Z", "X")
-
-
-def _process_started_at(pid: int) -> datetime | None:
-    fields = _stat_fields(pid)
-    if fields is None:
-        return None
-    try:
-        boot = next(
-            int(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-    except (OSError, StopIteration):
-        return None
-    ticks = int(fields[19])  # field 22 of stat(5): start time in clock ticks after boot
-    return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), UTC)
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _environ(pid: int) -> list[bytes]:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:  # gone, or another user's
-        return []
-
-
-def _live_pids() -> Iterator[int]:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and pid_alive(int(entry.name)):
-            yield int(entry.name)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for child in _live_pids():
-        fields = _stat_fields(child)
-        if fields is not None and fields[1] == str(pid):
-            found.append(child)
-    return found
-
-
-def _wait_dead(pids: Sequence[int], timeout: float) -> list[int]:
-    """Wait until none of ``pids`` is alive; the ones still alive at the timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = [pid for pid in pids if pid_alive(pid)]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(POLL_SECONDS)
 
 
 # --- runner registrations ------------------------------------------------------------
@@ -196,20 +121,11 @@ def runner_status(
     """Classify one registration; a runner of this host is also looked up in /proc."""
     if doc.stopped_at is not None:
         return RunnerStatus(doc, "stopped")
-    if doc.hostname == hostname and not _same_process(doc.pid, doc.started_at):
+    if doc.hostname == hostname and not same_process(doc.pid, doc.started_at):
         return RunnerStatus(doc, "dead")
     if now - doc.heartbeat_at > timedelta(seconds=STALE_HEARTBEATS * heartbeat_interval):
         return RunnerStatus(doc, "stale")
     return RunnerStatus(doc, "live")
-
-
-def _same_process(pid: int, registered_at: datetime) -> bool:
-    """Whether ``pid`` lives and is the process that registered at ``registered_at``
-    (not a later one that was given the same pid)."""
-    if not pid_alive(pid):
-        return False
-    began = _process_started_at(pid)
-    return began is None or began <= registered_at + _PID_REUSE_SLACK
 
 
 def runner_id_for(name: str) -> str:
@@ -217,195 +133,7 @@ def runner_id_for(name: str) -> str:
     return f"{socket.gethostname()}-{name}-{os.getpid()}"
 
 
-# --- layout and configuration --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Program:
-    """One supervisord program: ``numprocs`` runner processes with the same roles."""
-
-    name: str
-    roles: tuple[str, ...]
-    numprocs: int = 1
-
-
-@dataclass(frozen=True)
-class DaemonLayout:
-    """Which runner processes the daemon runs.
-
-    By default one process takes every role. ``split`` runs one process per role
-    (checkout, transfer, queue, complete), with ``transfer`` and ``complete``
-    processes for the two roles that move data.
-    """
-
-    split: bool = False
-    transfer: int = 1
-    complete: int = 1
-
-    def __post_init__(self) -> None:
-        if self.transfer < 1 or self.complete < 1:
-            raise ConveyorError("the daemon needs at least 1 transfer and 1 complete process")
-        if not self.split and (self.transfer, self.complete) != (1, 1):
-            raise ConveyorError("--transfer and --complete set process counts for --split")
-
-    def programs(self) -> list[Program]:
-        """The supervisord programs of this layout."""
-        if not self.split:
-            return [Program("runner", ALL_ROLES)]
-        counts = {"transfer": self.transfer, "complete": self.complete}
-        return [Program(role, (role,), counts.get(role, 1)) for role in ALL_ROLES]
-
-    def roles_of(self, group: str) -> tuple[str, ...]:
-        """The roles of the processes of one program."""
-        return next((p.roles for p in self.programs() if p.name == group), ())
-
-    def to_json(self) -> dict[str, Any]:
-        return {"split": self.split, "transfer": self.transfer, "complete": self.complete}
-
-
-def daemon_key(directory: Path) -> str:
-    """A short key for the daemon kept in ``directory`` (and this user)."""
-    return hashlib.sha256(f"{os.getuid()}:{directory}".encode()).hexdigest()[:16]
-
-
-def socket_path(directory: Path) -> Path:
-    """The control socket: in ``directory``, or under /tmp if that path is too long."""
-    path = directory / "supervisor.sock"
-    if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
-        return path
-    return Path("/tmp") / f"conveyor-{daemon_key(directory)}.sock"
-
-
-def _value(text: str | os.PathLike[str]) -> str:
-    """A value for supervisord's configuration: ``%`` escaped (supervisord expands
-    ``%(name)s``); refused if the ini parser would cut or split it."""
-    text = os.fspath(text)
-    if "\n" in text or "\r" in text or " ;" in text or " #" in text or text != text.strip():
-        raise ConveyorError(
-            f"{text!r} cannot go into supervisord's configuration (a line break, "
-            "surrounding spaces, or ' ;' / ' #', which start a comment); move the project"
-        )
-    return text.replace("%", "%%")
-
-
-def _command(argv: Sequence[str]) -> str:
-    return " ".join(_value(quote(arg)) for arg in argv)
-
-
-def render_config(
-    project: Project,
-    layout: DaemonLayout,
-    directory: Path,
-    *,
-    python: str = sys.executable,
-    stop_wait: int = STOP_WAIT_SECONDS,
-) -> str:
-    """The supervisord configuration of a project's daemon kept in ``directory``."""
-    if "%" in str(directory):  # supervisord expands a program's log path twice
-        raise ConveyorError(
-            f"supervisord cannot keep logs under {directory}, a path with '%'; move the project"
-        )
-    log_dir = _value(directory / "logs")
-    sections = []
-    for program in layout.programs():
-        argv = [python, "-m", "conveyor.cli", "--project", str(project.path), "runner", "run"]
-        argv += ["--roles", ",".join(program.roles)]
-        name = "%(program_name)s_%(process_num)02d"  # expanded by supervisord
-        options = {
-            "command": f"{_command(argv)} --name {name}",
-            "process_name": name,
-            "numprocs": str(program.numprocs),
-            "directory": _value(project.directory),
-            "autostart": "true",
-            "autorestart": "true",
-            "startsecs": str(START_SECONDS),
-            "startretries": "3",
-            # Only the runner gets SIGTERM: the commands of its step in hand must end.
-            "stopsignal": "TERM",
-            "stopwaitsecs": str(stop_wait),
-            "stopasgroup": "false",
-            "killasgroup": "true",
-            "redirect_stderr": "true",
-            "stdout_logfile": f"{log_dir}/{name}.log",
-            "stdout_logfile_maxbytes": "10MB",
-            "stdout_logfile_backups": "3",
-            # The mark by which stop and kill find runners whose supervisord died.
-            "environment": f'PYTHONUNBUFFERED="1",{DAEMON_ENV}="{daemon_key(directory)}"',
-        }
-        lines = [f"\n; {program.numprocs} process(es) with roles {', '.join(program.roles)}"]
-        lines.append(f"[program:{program.name}]")
-        lines += [f"{key} = {value}" for key, value in options.items()]
-        sections.append("\n".join(lines))
-    template = resources.files("conveyor.runner").joinpath("templates/supervisord.conf")
-    return Template(template.read_text()).substitute(
-        project_name=project.name,
-        project_file=_value(project.path),
-        socket=_value(socket_path(directory)),
-        daemon_dir=_value(directory),
-        log_dir=log_dir,
-        project_dir=_value(project.directory),
-        identifier=_value(f"conveyor-{project.name}"),
-        programs="\n".join(sections),
-    )
-
-
-# --- supervisord's XML-RPC interface over its unix socket ----------------------------
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class _UnixTransport(xmlrpc.client.Transport):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__()
-        self._path = path
-        self._timeout = timeout
-
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        connection = self._connection[1]
-        if connection is None:
-            connection = _UnixConnection(self._path, self._timeout)
-            self._connection = ("localhost", connection)
-        return connection
-
-
-#: What talking to supervisord may raise: no socket, refused, a fault, a bad reply.
-_RPC_ERRORS = (OSError, xmlrpc.client.Error, http.client.HTTPException)
-
-
 # --- the daemon -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProgramStatus:
-    """One supervised runner process, as supervisord sees it."""
-
-    name: str
-    group: str
-    #: supervisord's state: STARTING, RUNNING, BACKOFF, STOPPING, STOPPED, EXITED, FATAL.
-    state: str
-    pid: int | None
-    roles: tuple[str, ...]
-    started_at: datetime | None
-    description: str
-    log: str
-
-    def to_json(self) -> dict[str, Any]:
-        started = self.started_at.isoformat() if self.started_at else None
-        return {**asdict(self), "roles": list(self.roles), "started_at": started}
 
 
 @dataclass(frozen=True)
@@ -469,10 +197,10 @@ class Daemon:
             if self._is_supervisord(pid):
                 return pid
             self.pid_file.unlink(missing_ok=True)
-        return next((pid for pid in _live_pids() if self._is_supervisord(pid)), None)
+        return next((pid for pid in live_pids() if self._is_supervisord(pid)), None)
 
     def _is_supervisord(self, pid: int) -> bool:
-        argv = _cmdline(pid) if pid > 0 and pid_alive(pid) else []
+        argv = cmdline(pid) if pid > 0 and pid_alive(pid) else []
         return any("supervisord" in arg for arg in argv[:3]) and str(self.config_file) in argv
 
     def layout(self) -> DaemonLayout:
@@ -488,7 +216,7 @@ class Daemon:
         try:
             with self._rpc() as rpc:
                 infos: list[dict[str, Any]] = rpc.getAllProcessInfo()
-        except _RPC_ERRORS as exc:
+        except RPC_ERRORS as exc:
             raise ConveyorError(f"supervisord does not answer on {self.socket}: {exc}") from exc
         return [
             ProgramStatus(
@@ -581,7 +309,7 @@ class Daemon:
         with self._control_lock():
             for _ in range(3):  # again, for a runner spawned while we looked
                 pid = self.supervisord_pid()
-                targets = [pid, *_children(pid)] if pid is not None else []
+                targets = [pid, *children(pid)] if pid is not None else []
                 targets += [p for p in self._stray_runners() if p not in targets]
                 if not targets:
                     break
@@ -589,7 +317,7 @@ class Daemon:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(target, signal.SIGKILL)
                 killed += targets
-                left = _wait_dead(targets, 10.0)
+                left = wait_dead(targets, 10.0)
                 if left:
                     raise ConveyorError(f"processes {left} are still alive after SIGKILL")
             self.pid_file.unlink(missing_ok=True)
@@ -617,9 +345,8 @@ class Daemon:
 
     @contextlib.contextmanager
     def _rpc(self, timeout: float = 10.0) -> Iterator[Any]:
-        transport = _UnixTransport(str(self.socket), timeout)
-        with xmlrpc.client.ServerProxy("http://localhost", transport=transport) as proxy:
-            yield proxy.supervisor
+        with supervisor_rpc(self.socket, timeout) as rpc:
+            yield rpc
 
     @contextlib.contextmanager
     def _control_lock(self, timeout: float = 10.0) -> Iterator[None]:
@@ -665,24 +392,7 @@ class Daemon:
         self.config_file.write_text(render_config(self.project, layout, self.directory))
         self.layout_file.write_text(json.dumps(layout.to_json()) + "\n")
         self.socket.unlink(missing_ok=True)  # left by a killed supervisord
-        # A file, not a pipe, takes its output: the daemonized child must not hold
-        # our end open. The command returns once supervisord has forked.
-        with tempfile.TemporaryFile() as output:
-            proc = subprocess.run(
-                [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                cwd=self.project.directory,
-                timeout=timeout,
-                check=False,
-            )
-            output.seek(0)
-            text = output.read().decode(errors="replace")
-        if proc.returncode != 0:
-            raise ConveyorError(
-                f"supervisord did not start (exit {proc.returncode}): {tail(text).strip()}"
-            )
+        launch_supervisord(self.config_file, self.project.directory, timeout)
         return self._wait_running(timeout)
 
     def _wait_running(self, timeout: float) -> int:
@@ -728,13 +438,13 @@ class Daemon:
         marked = self._stray_runners()
         # Looked up after the marked ones, so that a runner spawned meanwhile counts as
         # supervisord's: a second SIGTERM would make it exit at once.
-        supervised = set(_children(pid)) if pid is not None else set()
+        supervised = set(children(pid)) if pid is not None else set()
         if pid is not None:
             try:
                 supervised |= {p.pid for p in self.programs() if p.pid}
                 with self._rpc() as rpc:
                     rpc.shutdown()  # SIGTERM to every runner, then supervisord exits
-            except (ConveyorError, *_RPC_ERRORS):
+            except (ConveyorError, *RPC_ERRORS):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)  # the same, asked by signal
         for orphan in set(marked) - supervised:  # their supervisord is gone
@@ -781,67 +491,4 @@ class Daemon:
         """Live runner processes of this daemon, found by the mark in their environment
         (so also those whose supervisord died)."""
         mark = f"{DAEMON_ENV}={daemon_key(self.directory)}".encode()
-        return [pid for pid in _live_pids() if mark in _environ(pid)]
-
-
-# --- reading logs ----------------------------------------------------------------
-
-
-#: Where the reading of a file ended: its inode and the offset.
-Position = tuple[int, int]
-
-
-def last_lines(path: Path, count: int) -> tuple[list[str], Position]:
-    """The last ``count`` lines of a file (all of them if ``count`` is 0), and where
-    the reading ended, for :func:`follow_files` to go on from there."""
-    with path.open("rb") as handle:
-        raw = handle.readlines() if count == 0 else list(deque(handle, maxlen=count))
-        end = (os.fstat(handle.fileno()).st_ino, handle.tell())
-    return [line.decode(errors="replace") for line in raw], end
-
-
-def follow_files(
-    paths: Callable[[], list[Path]],
-    write: Callable[[str], None],
-    *,
-    since: Mapping[Path, Position] | None = None,
-    stop: Callable[[], bool] = lambda: False,
-    interval: float = 0.2,
-) -> None:
-    """Write what is appended to the files (``tail -f``), until ``stop()`` is true.
-
-    Each file is followed from its position in ``since`` (default: its end now); a
-    file not there is read from its start. ``paths`` is asked again at every look, so
-    new logs join in; a file that was rotated or truncated is read again from its
-    start. With several files, a ``==> file <==`` line says whose text follows.
-    """
-    seen: dict[Path, Position] = {}
-    if since is not None:
-        seen.update(since)
-    else:
-        for path in paths():
-            with contextlib.suppress(OSError):
-                info = path.stat()
-                seen[path] = (info.st_ino, info.st_size)
-    current: Path | None = None
-    while not stop():
-        files = paths()
-        for path in files:
-            try:
-                info = path.stat()
-            except OSError:
-                continue
-            inode, offset = seen.get(path, (info.st_ino, 0))
-            if inode != info.st_ino or info.st_size < offset:
-                offset = 0
-            if info.st_size == offset:
-                continue
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
-            seen[path] = (info.st_ino, offset + len(data))
-            if len(files) > 1 and path != current:
-                write(f"\n==> {path} <==\n")
-            current = path
-            write(data.decode(errors="replace"))
-        time.sleep(interval)
+        return [pid for pid in live_pids() if mark in environ(pid)]
