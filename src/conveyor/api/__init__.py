@@ -24,10 +24,25 @@ Flows
     :func:`get_flow`, :func:`find_flow`, :func:`list_flows`, :func:`flow_jobs`,
     :func:`flow_counts`, :func:`pause_flow`, :func:`resume_flow`, :func:`cancel_flow`,
     :func:`rerun_flow`, :func:`delete_flow`.
+Administration
+    :func:`unlock`, :func:`reset_project`, :func:`check` (one :class:`Finding` per
+    inconsistency), :func:`list_projects`.
 Waiting
     :func:`wait`, :func:`wait_flow` (raise :class:`WaitTimeoutError`).
 """
 
+from conveyor.api._admin import (
+    CHECK_KINDS,
+    GONE_OWNER,
+    NO_OUTPUT,
+    QUEUE_LOST,
+    Finding,
+    ProjectEntry,
+    check,
+    list_projects,
+    reset_project,
+    unlock,
+)
 from conveyor.api._changes import (
     cancel,
     hold,
@@ -83,22 +98,29 @@ from conveyor.api._rerun import RERUNNABLE_STATES, delete_jobs, rerun
 from conveyor.api._wait import ENDED_STATES, STARTED_STATES, WaitTimeoutError, wait, wait_flow
 
 __all__ = [
+    "CHECK_KINDS",
     "ENDED_STATES",
     "FINAL_FLOW_STATES",
     "FLOW_ACTIONS",
     "FLOW_LOCK_WAIT",
+    "GONE_OWNER",
+    "NO_OUTPUT",
+    "QUEUE_LOST",
     "RERUNNABLE_STATES",
     "SORT_KEYS",
     "STARTED_STATES",
+    "Finding",
     "JobFiles",
     "JobLogs",
     "JobQuery",
     "JobScript",
     "Outcome",
+    "ProjectEntry",
     "ProjectRef",
     "WaitTimeoutError",
     "cancel",
     "cancel_flow",
+    "check",
     "count_jobs",
     "count_selected",
     "delete_flow",
@@ -119,6 +141,7 @@ __all__ = [
     "job_script",
     "list_flows",
     "list_jobs",
+    "list_projects",
     "parse_state",
     "parse_time",
     "pause",
@@ -126,6 +149,7 @@ __all__ = [
     "release",
     "rerun",
     "rerun_flow",
+    "reset_project",
     "resume",
     "resume_flow",
     "retry",
@@ -135,6 +159,7 @@ __all__ = [
     "set_state",
     "set_worker",
     "skips_steps",
+    "unlock",
     "upgrade_database",
     "wait",
     "wait_flow",

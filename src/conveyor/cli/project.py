@@ -1,4 +1,5 @@
-"""``conveyor project ...``: create a project file, show the current one, check its workers."""
+"""``conveyor project ...``: create a project file, list them, show the current one,
+check its workers."""
 
 from __future__ import annotations
 
@@ -76,6 +77,48 @@ def show() -> None:
     settings = render.masked(project.config.model_dump(mode="json"))
     typer.echo(f"# project {project.name}: {project.path}")
     typer.echo(yaml.safe_dump(settings, sort_keys=False), nl=False)
+
+
+@app.command("list")
+def list_(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """List the projects under $CONVEYOR_HOME/projects: name, file, database URL
+    (password masked), and which one is current (--project / CONVEYOR_PROJECT).
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    from conveyor import api
+
+    entries = api.list_projects()
+    rows = [
+        {
+            "name": e.name,
+            "path": str(e.path),
+            "database_url": render.masked(e.database_url),
+            "current": e.current,
+            "error": e.error or None,
+        }
+        for e in entries
+    ]
+    if as_json:
+        render.print_json(rows)
+        return
+    if not rows:
+        render.stdout().print(
+            "No project under $CONVEYOR_HOME/projects; 'conveyor project init' creates one."
+        )
+        return
+    table = Table(box=None)
+    for column in ("", "name", "path", "database"):
+        table.add_column(column)
+    for row in rows:
+        url, error = row["database_url"], row["error"]
+        database = Text(str(error), style="red") if error else Text(str(url))
+        mark = "*" if row["current"] else ""
+        table.add_row(mark, Text(row["name"]), Text(row["path"]), database)
+    render.stdout().print(table)
 
 
 @dataclass
