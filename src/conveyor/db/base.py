@@ -18,7 +18,16 @@ from typing import Any
 from conveyor.models import FlowDoc, JobDoc, RunnerDoc
 from conveyor.states import HISTORY_LIMIT, FlowState, JobState, JobUpdate
 
-__all__ = ["SCHEMA_VERSION", "Database", "FlowFilter", "JobFilter", "apply_update", "plain"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Database",
+    "FlowFilter",
+    "JobFilter",
+    "apply_update",
+    "check_db_id_count",
+    "merged_job_uuids",
+    "plain",
+]
 
 #: Version of the stored layout; a backend refuses a database of another version.
 SCHEMA_VERSION = 1
@@ -290,3 +299,23 @@ def apply_update(doc: dict[str, Any], update: JobUpdate) -> dict[str, Any]:
         history = [*doc.get("history", []), plain(update.history)]
         doc["history"] = history[-HISTORY_LIMIT:]
     return doc
+
+
+def check_db_id_count(count: int) -> None:
+    """Refuse to reserve fewer than one db id (for :meth:`Database.next_db_ids`)."""
+    if count < 1:
+        raise ValueError(f"cannot reserve {count} db ids; ask for at least one")
+
+
+def merged_job_uuids(stored: Sequence[str], jobs: Iterable[JobDoc]) -> list[str] | None:
+    """A flow's ``stored`` job uuids with those of ``jobs`` it lacks appended, in order.
+
+    None if every job's uuid is already there (for :meth:`Database.add_jobs`).
+    """
+    job_uuids = list(stored)
+    known = set(job_uuids)
+    for job in jobs:
+        if job.uuid not in known:
+            known.add(job.uuid)
+            job_uuids.append(job.uuid)
+    return job_uuids if len(job_uuids) != len(stored) else None

@@ -13,20 +13,19 @@ in-process server. pymongo needs no lock: its single-document updates are atomic
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import mongomock
 import pymongo
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database as PyMongoDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
+from conveyor.db import _mongo_setup as setup
 from conveyor.db._mongo_query import (
     EXPIRES,
     LOCK_ID,
@@ -42,7 +41,16 @@ from conveyor.db._mongo_query import (
     refuse_lock_paths,
     update_ops,
 )
-from conveyor.db.base import SCHEMA_VERSION, Database, FlowFilter, JobFilter, plain
+from conveyor.db._mongo_setup import forget_mongomock, redact
+from conveyor.db.base import (
+    SCHEMA_VERSION,
+    Database,
+    FlowFilter,
+    JobFilter,
+    check_db_id_count,
+    merged_job_uuids,
+    plain,
+)
 from conveyor.exceptions import ConfigError, DatabaseError, NotFoundError, SchemaVersionError
 from conveyor.models import EPOCH, FlowDoc, JobDoc, RunnerDoc, utcnow
 from conveyor.states import JobState, JobUpdate
@@ -51,35 +59,6 @@ __all__ = ["MongoDatabase", "forget_mongomock"]
 
 
 _DUPLICATE_KEY = 11000
-
-#: In-process mongomock servers by URL netloc, each with the lock that serialises it.
-_MOCK_SERVERS: dict[str, tuple[Any, threading.RLock]] = {}
-_MOCK_SERVERS_GUARD = threading.Lock()
-
-
-def _mock_server(netloc: str) -> tuple[Any, threading.RLock]:
-    with _MOCK_SERVERS_GUARD:
-        if netloc not in _MOCK_SERVERS:
-            _MOCK_SERVERS[netloc] = (mongomock.MongoClient(tz_aware=True), threading.RLock())
-        return _MOCK_SERVERS[netloc]
-
-
-def forget_mongomock(url: str) -> None:
-    """Drop the in-process server of a ``mongomock://`` URL, and all its data.
-
-    Databases still open on it keep working on the old data; a new open starts empty.
-    """
-    with _MOCK_SERVERS_GUARD:
-        _MOCK_SERVERS.pop(urlsplit(url).netloc, None)
-
-
-def _redact(url: str) -> str:
-    """``url`` without its password, for error messages."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    user, _, hosts = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{user.split(':')[0]}:***@{hosts}"))
 
 
 class MongoDatabase(Database):
@@ -107,7 +86,7 @@ class MongoDatabase(Database):
         self._lock: AbstractContextManager[Any]
         parts = urlsplit(url)
         if parts.scheme == "mongomock":
-            self._client, self._lock = _mock_server(parts.netloc)
+            self._client, self._lock = setup.mock_server(parts.netloc)
             self._owns_client = False
             db_name = parts.path.strip("/") or name
             self._db: PyMongoDatabase[Raw] = self._client[db_name]
@@ -117,7 +96,7 @@ class MongoDatabase(Database):
             self._owns_client = True
             self._db = self._client.get_default_database(default=name)
         else:
-            raise ConfigError(f"MongoDatabase cannot open {_redact(url)!r}: not a MongoDB URL")
+            raise ConfigError(f"MongoDatabase cannot open {redact(url)!r}: not a MongoDB URL")
         self._jobs: Collection[Raw] = self._db["jobs"]
         self._flows: Collection[Raw] = self._db["flows"]
         self._runners: Collection[Raw] = self._db["runners"]
@@ -125,11 +104,11 @@ class MongoDatabase(Database):
         try:
             with self._lock:
                 if check_schema:
-                    self._check_schema()
-                self._create_indexes()
+                    setup.check_schema_version(self._db, SCHEMA_VERSION)
+                setup.create_indexes(self._db)
         except PyMongoError as exc:
             self.close()
-            raise DatabaseError(f"cannot open the database at {_redact(url)}: {exc}") from exc
+            raise DatabaseError(f"cannot open the database at {redact(url)}: {exc}") from exc
         except SchemaVersionError:
             self.close()
             raise
@@ -143,28 +122,9 @@ class MongoDatabase(Database):
         return self._db
 
     def __repr__(self) -> str:
-        return f"MongoDatabase({_redact(self.url)!r}, name={self._db.name!r})"
+        return f"MongoDatabase({redact(self.url)!r}, name={self._db.name!r})"
 
     # --- lifecycle -----------------------------------------------------------------
-
-    def _check_schema(self) -> None:
-        found = self._meta.find_one({"_id": "schema"})
-        if found is None:
-            if self._jobs.find_one({}) is not None or self._flows.find_one({}) is not None:
-                raise SchemaVersionError(
-                    f"the database {self._db.name!r} holds jobs or flows but no schema "
-                    f"version (expected {SCHEMA_VERSION}); it was not written by Conveyor, "
-                    "or by a version too old to upgrade"
-                )
-            with suppress(DuplicateKeyError):  # another process initialised it first
-                self._meta.insert_one({"_id": "schema", "version": SCHEMA_VERSION})
-            found = self._meta.find_one({"_id": "schema"})
-        version = found["version"] if found else None
-        if version != SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"the database {self._db.name!r} has schema version {version}, but this "
-                f"Conveyor expects version {SCHEMA_VERSION}; run `conveyor admin upgrade`"
-            )
 
     def upgrade(self) -> int:
         """Bring the database to this Conveyor's schema version; the version it had.
@@ -173,39 +133,7 @@ class MongoDatabase(Database):
         current one is left alone, a newer one is refused.
         """
         with self._lock:
-            found = self._meta.find_one({"_id": "schema"})
-            if found is None:
-                self._check_schema()  # initialises an empty database, refuses a foreign one
-                return SCHEMA_VERSION
-            version = int(found["version"])
-            if version > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"the database {self._db.name!r} has schema version {version}, newer "
-                    f"than the version {SCHEMA_VERSION} of this Conveyor: upgrade Conveyor"
-                )
-            if version < SCHEMA_VERSION:  # pragma: no cover - no older version exists yet
-                raise SchemaVersionError(
-                    f"no migration from schema version {version} to {SCHEMA_VERSION}"
-                )
-            return version
-
-    def _create_indexes(self) -> None:
-        jobs = self._jobs
-        jobs.create_index([("uuid", ASCENDING), ("index", ASCENDING)], unique=True)
-        jobs.create_index("db_id", unique=True)
-        # lock_next_job: equality on state (and worker), sort on priority then db_id,
-        # range on lock.expires_at (equality, sort, range).
-        lock_order = [("priority", DESCENDING), ("db_id", ASCENDING), (EXPIRES, ASCENDING)]
-        jobs.create_index([("state", ASCENDING), *lock_order])
-        jobs.create_index([("worker", ASCENDING), ("state", ASCENDING), *lock_order])
-        jobs.create_index(EXPIRES)
-        jobs.create_index("flow_uuid")
-        jobs.create_index("updated_at")
-        self._flows.create_index("uuid", unique=True)
-        self._flows.create_index([("state", ASCENDING), ("created_at", ASCENDING)])
-        self._flows.create_index("created_at")
-        self._runners.create_index("runner_id", unique=True)
-        self._runners.create_index("started_at")
+            return setup.upgrade_schema(self._db, SCHEMA_VERSION)
 
     def close(self) -> None:
         if self._owns_client:
@@ -227,8 +155,7 @@ class MongoDatabase(Database):
     # --- ids and inserts -----------------------------------------------------------
 
     def next_db_ids(self, count: int) -> int:
-        if count < 1:
-            raise ValueError(f"cannot reserve {count} db ids; ask for at least one")
+        check_db_id_count(count)
         with self._lock:
             counter = self._meta.find_one_and_update(
                 {"_id": "db_id"},
@@ -278,13 +205,8 @@ class MongoDatabase(Database):
                         raise DatabaseError(f"cannot add jobs to flow {flow_uuid}: {exc}") from exc
                     inserted = int(exc.details.get("nInserted", 0))
             # Callers hold the flow lock, so read-modify-write of job_uuids is safe.
-            job_uuids = list(flow.get("job_uuids", []))
-            known = set(job_uuids)
-            for job in jobs:
-                if job.uuid not in known:
-                    known.add(job.uuid)
-                    job_uuids.append(job.uuid)
-            if len(job_uuids) != len(flow.get("job_uuids", [])):
+            job_uuids = merged_job_uuids(flow.get("job_uuids", []), jobs)
+            if job_uuids is not None:
                 self._flows.update_one({"uuid": flow_uuid}, {"$set": {"job_uuids": job_uuids}})
         return inserted
 

@@ -17,17 +17,26 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from conveyor.db import _sqlite_schema as schema
 from conveyor.db import _sqlite_sql as sql
 from conveyor.db._mongo_query import free_lock, new_lock, refuse_lock_paths
 from conveyor.db._sqlite_file import SqliteFile, parse_sqlite_url
-from conveyor.db.base import SCHEMA_VERSION, Database, FlowFilter, JobFilter, apply_update, plain
-from conveyor.exceptions import DatabaseError, NotFoundError, SchemaVersionError
+from conveyor.db._sqlite_schema import Migration
+from conveyor.db.base import (
+    SCHEMA_VERSION,
+    Database,
+    FlowFilter,
+    JobFilter,
+    apply_update,
+    check_db_id_count,
+    merged_job_uuids,
+    plain,
+)
+from conveyor.exceptions import DatabaseError, NotFoundError
 from conveyor.models import EPOCH, FlowDoc, JobDoc, RunnerDoc, utcnow
 from conveyor.states import JobState, JobUpdate
 
 __all__ = ["MIGRATIONS", "SqliteDatabase", "parse_sqlite_url"]
-
-Migration = Callable[[sqlite3.Connection], None]
 
 #: ``MIGRATIONS[n]`` turns a version-``n`` database into a version ``n + 1`` one, inside
 #: the upgrade's transaction. Version 1 is the first: nothing to migrate yet.
@@ -79,61 +88,20 @@ class SqliteDatabase(Database):
 
     # --- lifecycle -------------------------------------------------------------------
 
-    def _stored_version(self, conn: sqlite3.Connection) -> int | None:
-        """The recorded schema version; None if the file has no version."""
-        has_meta = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-        ).fetchone()
-        if has_meta is None:
-            return None
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        return None if row is None else int(row[0])
-
-    def _foreign_tables(self, conn: sqlite3.Connection) -> list[str]:
-        rows = conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-            "AND name != 'meta'"
-        )
-        return [str(name) for (name,) in rows]
-
-    def _create(self, conn: sqlite3.Connection) -> None:
-        for statement in sql.TABLES:
-            conn.execute(statement)
-        for name, target in sql.INDEXES.items():
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (SCHEMA_VERSION,),
-        )
-
-    def _not_ours(self, tables: list[str]) -> SchemaVersionError:
-        return SchemaVersionError(
-            f"the database {self.path} holds tables ({', '.join(tables)}) but no schema "
-            f"version (expected {SCHEMA_VERSION}); it was not written by Conveyor, or by a "
-            "version too old to upgrade"
-        )
-
-    def _mismatch(self, version: int) -> SchemaVersionError:
-        return SchemaVersionError(
-            f"the database {self.path} has schema version {version}, but this Conveyor "
-            f"expects version {SCHEMA_VERSION}; run `conveyor admin upgrade`"
-        )
-
     def _prepare(self, check_schema: bool) -> None:
         with self._read() as conn:
-            version = self._stored_version(conn)
+            version = schema.stored_version(conn)
         if version == SCHEMA_VERSION:
             return
         with self._write() as conn:
-            version = self._stored_version(conn)  # again, now that we hold the lock
+            version = schema.stored_version(conn)  # again, now that we hold the lock
             if version is None:
-                tables = self._foreign_tables(conn)
+                tables = schema.foreign_tables(conn)
                 if tables:
-                    raise self._not_ours(tables)
-                self._create(conn)
+                    raise schema.not_ours(self.path, tables, SCHEMA_VERSION)
+                schema.create(conn, SCHEMA_VERSION)
             elif version != SCHEMA_VERSION and check_schema:
-                raise self._mismatch(version)
+                raise schema.mismatch(self.path, version, SCHEMA_VERSION)
 
     def upgrade(self) -> int:
         """Bring the database to this Conveyor's schema version; the version it had.
@@ -149,28 +117,7 @@ class SqliteDatabase(Database):
             version to this one.
         """
         with self._write() as conn:
-            found = self._stored_version(conn)
-            if found is None:
-                tables = self._foreign_tables(conn)
-                if tables:
-                    raise self._not_ours(tables)
-                self._create(conn)
-                return SCHEMA_VERSION
-            if found > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"the database {self.path} has schema version {found}, newer than the "
-                    f"version {SCHEMA_VERSION} of this Conveyor: upgrade Conveyor instead"
-                )
-            for version in range(found, SCHEMA_VERSION):
-                step = MIGRATIONS.get(version)
-                if step is None:
-                    raise SchemaVersionError(
-                        f"the database {self.path} has schema version {found} and this "
-                        f"Conveyor cannot upgrade version {version} to {version + 1}"
-                    )
-                step(conn)
-            self._create(conn)
-        return found
+            return schema.upgrade(conn, self.path, SCHEMA_VERSION, MIGRATIONS)
 
     def close(self) -> None:
         self.file.close()
@@ -184,13 +131,12 @@ class SqliteDatabase(Database):
     def schema_version(self) -> int:
         """The recorded version; 0 if none is recorded."""
         with self._read() as conn:
-            return self._stored_version(conn) or 0
+            return schema.stored_version(conn) or 0
 
     # --- ids and inserts -----------------------------------------------------------
 
     def next_db_ids(self, count: int) -> int:
-        if count < 1:
-            raise ValueError(f"cannot reserve {count} db ids; ask for at least one")
+        check_db_id_count(count)
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('db_id', ?) "
@@ -225,13 +171,8 @@ class SqliteDatabase(Database):
             cursor = conn.executemany(f"{sql.INSERT_JOB} ON CONFLICT (uuid, idx) DO NOTHING", rows)
             inserted = max(cursor.rowcount, 0)
             flow = json.loads(found[0])
-            job_uuids = list(flow.get("job_uuids", []))
-            known = set(job_uuids)
-            for job in jobs:
-                if job.uuid not in known:
-                    known.add(job.uuid)
-                    job_uuids.append(job.uuid)
-            if len(job_uuids) != len(flow.get("job_uuids", [])):
+            job_uuids = merged_job_uuids(flow.get("job_uuids", []), jobs)
+            if job_uuids is not None:
                 flow["job_uuids"] = job_uuids
                 conn.execute(sql.UPDATE_FLOW, sql.flow_row(flow))
         return inserted
