@@ -17,6 +17,11 @@ per target. What it guarantees:
   with the last error, so a dead host costs its timeouts once, not once per job.
 * **strict about host keys**: unknown keys are refused unless the worker accepts new ones
   (then they are recorded in its known_hosts); a changed key is always refused.
+
+This module keeps the connection's lifecycle (connecting, the reconnection
+backoff, keepalive, the SFTP session); logging in is in :mod:`conveyor.hosts._sshlogin`,
+running a command and collecting its output in :mod:`conveyor.hosts._sshexec`, and the
+counters, watchdog and failure descriptions in :mod:`conveyor.hosts._sshtools`.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from conveyor.exceptions import CommandTimeoutError, ConfigError, HostError
+from conveyor.exceptions import ConfigError, HostError
+from conveyor.hosts._sshexec import run_command
+from conveyor.hosts._sshlogin import login
 from conveyor.hosts._sshsetup import (
     ConnectionSettings,
     HostKeyError,
@@ -44,7 +51,7 @@ from conveyor.hosts._sshsetup import (
     terminal_prompt,
     transport_class,
 )
-from conveyor.hosts._sshtools import SSHStats, Watchdog, describe, kill
+from conveyor.hosts._sshtools import SSHStats, Watchdog, describe
 
 if TYPE_CHECKING:
     import paramiko
@@ -63,9 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: How often a running command's channel is checked for output and its exit status.
-_POLL_SECONDS = 0.005
 
 
 class SSHConnection:
@@ -303,68 +307,12 @@ class SSHConnection:
         try:
             for hop in hops:
                 if not hop.is_connected:
-                    self._login(hop)
-            self._login(conn)
+                    login(hop, self.settings)
+            login(conn, self.settings)
         except BaseException:
             self._close_quietly(conn, hops)
             raise
         return conn, hops
-
-    def _login(self, conn: Connection) -> None:
-        """Open ``conn``; fall back to an interactive login on a terminal if allowed."""
-        import paramiko
-
-        label = f"{conn.user}@{conn.host}:{conn.port}"
-        try:
-            conn.open()
-            return
-        except paramiko.BadHostKeyException as exc:
-            raise HostKeyError(
-                f"the host key of {label} CHANGED ({exc.key.get_name()} "
-                f"{exc.key.fingerprint}, expected {exc.expected_key.fingerprint}): this "
-                "can be an attack. If the host was reinstalled, remove its old entry with "
-                f"`ssh-keygen -R {exc.hostname}` and add the new key after checking it"
-            ) from exc
-        except paramiko.SSHException as exc:
-            transport = conn.client.get_transport()
-            in_login = transport is not None and transport.active and not transport.authenticated
-            if not isinstance(exc, paramiko.AuthenticationException) and not in_login:
-                raise  # the network or the key exchange, not the login
-            if not (can_prompt(self.settings) and transport is not None and transport.active):
-                hint = (
-                    " (an interactive login needs 'interactive: true' and a runner started "
-                    "in the foreground)"
-                    if not can_prompt(self.settings)
-                    else ""
-                )
-                if "No authentication methods" in str(exc):
-                    reason = "no key to offer (identity_file, IdentityFile, the agent, ~/.ssh): "
-                elif not isinstance(exc, paramiko.AuthenticationException):
-                    reason = "a key could not be read (wrong passphrase?): "
-                else:
-                    reason = ""
-                raise SSHAuthError(
-                    f"cannot log in to {label}: {reason}{exc}. Check the user, the key "
-                    "(identity_file, the agent, passphrase_env) and that its public key is "
-                    f"in ~/.ssh/authorized_keys on the host{hint}"
-                ) from exc
-            prompt = terminal_prompt(label)
-            try:
-                try:
-                    transport.auth_interactive(str(conn.user), prompt)
-                except paramiko.BadAuthenticationType as bad:
-                    if "password" not in bad.allowed_types:
-                        raise
-                    (password,) = prompt("", "", [("Password:", False)])
-                    transport.auth_password(str(conn.user), password)
-            except paramiko.SSHException as again:
-                raise SSHAuthError(f"cannot log in to {label}: {again}") from again
-            if not transport.is_authenticated():
-                raise SSHAuthError(
-                    f"cannot log in to {label}: the host wants more than a password and a "
-                    "one-time code"
-                ) from exc
-            conn.transport = transport
 
     def _tune(self, transport: paramiko.Transport) -> None:
         """Keepalive, and let the kernel drop the connection to a silent host."""
@@ -441,67 +389,9 @@ class SSHConnection:
         HostError
             If the connection failed before or while it ran.
         """
-        import paramiko
-
         with self._slot(timeout, f"command {list(argv)!r}"):
             transport, generation = self.transport()
-            try:
-                chan = transport.open_session(timeout=self.settings.channel_timeout)
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                self.broken(generation, f"cannot open a channel: {describe(exc)}")
-                raise HostError(
-                    f"{self.label}: cannot open a channel for {list(argv)!r}: "
-                    f"{describe(exc, self.settings.channel_timeout)}"
-                ) from exc
-            out, err = bytearray(), bytearray()
-            try:
-                with Watchdog(timeout, lambda: kill(chan)) as watchdog:
-                    try:
-                        chan.exec_command(command)
-                        if stdin:
-                            chan.sendall(stdin)
-                        chan.shutdown_write()
-                        self._collect(chan, out, err)
-                    except (paramiko.SSHException, EOFError, OSError) as exc:
-                        if watchdog.fired.is_set():
-                            raise CommandTimeoutError(argv, timeout, self.label) from None
-                        self.broken(generation, f"lost while running a command: {exc}")
-                        raise HostError(
-                            f"{self.label}: the connection was lost while running "
-                            f"{list(argv)!r}: {describe(exc)}"
-                        ) from exc
-                if watchdog.fired.is_set():
-                    raise CommandTimeoutError(argv, timeout, self.label)
-            finally:
-                chan.close()
-            status: int = chan.exit_status
-            if status == -1 and not transport.is_active():
-                # No exit status, and the connection is gone: the command's fate is unknown.
-                self.broken(generation, "the connection ended while a command ran")
-                raise HostError(
-                    f"{self.label}: the connection was lost while running {list(argv)!r}"
-                    + (f"; stderr so far: {err.decode(errors='replace')[-500:]!r}" if err else "")
-                )
-            return status, bytes(out), bytes(err)
-
-    @staticmethod
-    def _collect(chan: paramiko.Channel, out: bytearray, err: bytearray) -> None:
-        """Read stdout and stderr until the command's exit status (or the channel) ends."""
-        while True:
-            while chan.recv_ready():
-                out += chan.recv(65536)
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-            if chan.exit_status_ready():
-                # sshd may send the exit status before the last of the output (it reads
-                # the child's pipes after the child exits): read on to end of file. The
-                # reads block; the caller's watchdog closes the channel past the timeout.
-                while chunk := chan.recv(65536):
-                    out += chunk
-                while chunk := chan.recv_stderr(65536):
-                    err += chunk
-                return
-            chan.status_event.wait(_POLL_SECONDS)
+            return run_command(self, transport, generation, command, argv, stdin, timeout)
 
     # --- SFTP ------------------------------------------------------------------------
 
